@@ -1,0 +1,169 @@
+// Debian's source archive through apt, with a PRIVATE configuration: a deb-src sources file
+// derived from the system's own Debian entries, private lists and cache directories. The
+// system's apt configuration and state are never modified (facts.md).
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DomuError } from './errors.js';
+import { run, type ExecEnv } from './exec.js';
+
+export interface AptSourceEntry {
+  uris: string[];
+  suites: string[];
+  components: string[];
+  signedBy?: string | undefined;
+}
+
+/** Parse deb822 `.sources` text; keeps entries whose Types include `deb`. */
+export function parseDeb822(text: string): AptSourceEntry[] {
+  const out: AptSourceEntry[] = [];
+  for (const stanza of text.split(/\n\s*\n/)) {
+    const fields = new Map<string, string>();
+    let last = '';
+    for (const line of stanza.split('\n')) {
+      if (line.startsWith('#')) continue;
+      if (/^\s/.test(line) && last) {
+        fields.set(last, `${fields.get(last)}\n${line.trim()}`);
+        continue;
+      }
+      const m = /^([A-Za-z-]+):\s*(.*)$/.exec(line);
+      if (m) {
+        last = m[1]!.toLowerCase();
+        fields.set(last, m[2]!);
+      }
+    }
+    const types = (fields.get('types') ?? '').split(/\s+/);
+    if (!types.includes('deb') || fields.get('enabled')?.toLowerCase() === 'no') continue;
+    const words = (k: string) => (fields.get(k) ?? '').split(/\s+/).filter(Boolean);
+    out.push({ uris: words('uris'), suites: words('suites'), components: words('components'), signedBy: fields.get('signed-by') });
+  }
+  return out.filter((e) => e.uris.length && e.suites.length);
+}
+
+/** Parse one-line `sources.list` format (`deb [opts] uri suite comp...`). */
+export function parseOneLine(text: string): AptSourceEntry[] {
+  const out: AptSourceEntry[] = [];
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/#.*/, '').trim();
+    const m = /^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    const signed = /signed-by=(\S+)/.exec(m[1] ?? '');
+    out.push({ uris: [m[2]!], suites: [m[3]!], components: m[4]!.split(/\s+/).filter(Boolean), signedBy: signed?.[1] });
+  }
+  return out;
+}
+
+const isDebian = (e: AptSourceEntry) =>
+  (e.signedBy ?? '').includes('debian-archive-keyring') || e.uris.some((u) => /debian\.org|\/debian(-security)?\/?$/.test(u));
+
+/** The system's Debian archive entries (read only). */
+export function systemDebianEntries(etc = '/etc/apt'): AptSourceEntry[] {
+  const entries: AptSourceEntry[] = [];
+  const read = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8') : '');
+  entries.push(...parseOneLine(read(join(etc, 'sources.list'))));
+  const dir = join(etc, 'sources.list.d');
+  if (existsSync(dir)) {
+    for (const n of readdirSync(dir).sort()) {
+      if (n.endsWith('.sources')) entries.push(...parseDeb822(read(join(dir, n))));
+      else if (n.endsWith('.list')) entries.push(...parseOneLine(read(join(dir, n))));
+    }
+  }
+  return entries.filter(isDebian);
+}
+
+export function renderDebSrc(entries: AptSourceEntry[]): string {
+  return entries
+    .map((e) =>
+      [
+        'Types: deb-src',
+        `URIs: ${e.uris.join(' ')}`,
+        `Suites: ${e.suites.join(' ')}`,
+        `Components: ${(e.components.length ? e.components : ['main']).join(' ')}`,
+        ...(e.signedBy ? [`Signed-By: ${e.signedBy}`] : []),
+      ].join('\n'),
+    )
+    .join('\n\n')
+    .concat('\n');
+}
+
+export interface PrivateApt {
+  dir: string;
+  /** `-o` options that point apt at the private configuration. */
+  options: string[];
+}
+
+/** Create a private apt configuration in `dir` (a scratch directory owned by the run). */
+export async function makePrivateApt(dir: string, etc = '/etc/apt'): Promise<PrivateApt> {
+  const entries = systemDebianEntries(etc);
+  if (!entries.length) {
+    throw new DomuError(`no Debian archive entry found in ${etc}/sources.list or sources.list.d`, {
+      hint: 'the distribution fallback needs a Debian apt source; or pass --source PATH|URL',
+    });
+  }
+  const sources = join(dir, 'deb-src.sources');
+  for (const d of ['parts', 'lists/partial', 'cache/archives/partial']) await mkdir(join(dir, d), { recursive: true });
+  await writeFile(sources, renderDebSrc(entries));
+  const options = [
+    `Dir::Etc::SourceList=${sources}`,
+    `Dir::Etc::SourceParts=${join(dir, 'parts')}`,
+    `Dir::State::Lists=${join(dir, 'lists')}`,
+    `Dir::Cache=${join(dir, 'cache')}`,
+    'Debug::NoLocking=1',
+    'APT::Get::List-Cleanup=0',
+    ...(process.getuid?.() === 0 ? ['APT::Sandbox::User=root'] : []),
+  ].flatMap((o) => ['-o', o]);
+  return { dir, options };
+}
+
+export async function aptUpdate(env: ExecEnv, apt: PrivateApt): Promise<void> {
+  await run(env, 'apt-get', [...apt.options, '-q', 'update'], { timeoutMs: 300_000, missingHint: 'install apt' });
+}
+
+export interface SourceVersion {
+  package: string;
+  /** Debian version, e.g. 1:1.35.0-4+deb12u1 */
+  version: string;
+  /** Upstream version, e.g. 1.35.0 */
+  upstream: string;
+  /** The orig tarball's name and sha256 from the signed Sources index. */
+  orig?: { name: string; sha256: string; size: number } | undefined;
+}
+
+export function upstreamOf(debianVersion: string): string {
+  return debianVersion.replace(/^\d+:/, '').replace(/-[^-]*$/, '').replace(/[+~](dfsg|ds).*$/, '');
+}
+
+/** Parse `apt-cache showsrc` output. */
+export function parseShowSrc(text: string): SourceVersion[] {
+  const out: SourceVersion[] = [];
+  for (const stanza of text.split(/\n\s*\n/)) {
+    const pkg = /^Package:\s*(\S+)/m.exec(stanza)?.[1];
+    const ver = /^Version:\s*(\S+)/m.exec(stanza)?.[1];
+    if (!pkg || !ver) continue;
+    const sums = /^Checksums-Sha256:\s*\n((?:[ \t].*\n?)*)/m.exec(stanza)?.[1] ?? '';
+    let orig: SourceVersion['orig'];
+    for (const l of sums.split('\n')) {
+      const m = /^\s+([0-9a-f]{64})\s+(\d+)\s+(\S+\.orig\.tar\.\w+)$/.exec(l);
+      if (m) orig = { sha256: m[1]!, size: Number(m[2]), name: m[3]! };
+    }
+    out.push({ package: pkg, version: ver, upstream: upstreamOf(ver), orig });
+  }
+  return out;
+}
+
+export async function showSource(env: ExecEnv, apt: PrivateApt, pkg: string): Promise<SourceVersion[]> {
+  const r = await run(env, 'apt-cache', [...apt.options, 'showsrc', pkg], { okExitCodes: [0, 100], quiet: true });
+  return parseShowSrc(r.stdout).filter((v) => v.package === pkg);
+}
+
+/** Download only the orig tarball of `pkg=version` into `destDir`; returns its path. */
+export async function downloadOrigTarball(env: ExecEnv, apt: PrivateApt, sv: SourceVersion, destDir: string): Promise<string> {
+  await run(env, 'apt-get', [...apt.options, '-q', 'source', '--download-only', '--tar-only', `${sv.package}=${sv.version}`], {
+    cwd: destDir,
+    timeoutMs: 600_000,
+  });
+  const name = sv.orig?.name;
+  const found = name && existsSync(join(destDir, name)) ? name : readdirSync(destDir).find((n) => /\.orig\.tar\.\w+$/.test(n));
+  if (!found) throw new DomuError(`apt-get source ${sv.package}=${sv.version} gave no orig tarball in ${destDir}`);
+  return join(destDir, found);
+}

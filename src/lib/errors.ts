@@ -1,0 +1,42 @@
+// Errors a user can act on. The CLI prints `message` (and `hint`) on one line and exits with
+// `exitCode`; anything that is not a DomuError is a bug and is reported with its stack.
+
+/** Exit codes of the CLI (design.md): 1 build failure, 2 bad input. */
+export const EXIT_BUILD_FAILURE = 1;
+export const EXIT_BAD_INPUT = 2;
+
+export class DomuError extends Error {
+  readonly exitCode: number;
+  readonly hint: string | undefined;
+  constructor(message: string, opts: { exitCode?: number; hint?: string; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'DomuError';
+    this.exitCode = opts.exitCode ?? EXIT_BUILD_FAILURE;
+    this.hint = opts.hint;
+  }
+}
+
+/** Bad input from the user (description, flags, a given file): exit 2, no stage runs. */
+export class InputError extends DomuError {
+  constructor(message: string, hint?: string) {
+    super(message, { exitCode: EXIT_BAD_INPUT, ...(hint === undefined ? {} : { hint }) });
+    this.name = 'InputError';
+  }
+}
+
+/** The run was interrupted by SIGINT/SIGTERM or an abort. */
+export class AbortedError extends DomuError {
+  constructor(reason = 'interrupted') {
+    super(`aborted: ${reason}; cleaned up`, { exitCode: 130 });
+    this.name = 'AbortedError';
+  }
+}
+
+export function isDomuError(e: unknown): e is DomuError {
+  return e instanceof DomuError;
+}
+
+export function errorMessage(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  return String(e);
+}

@@ -1,0 +1,171 @@
+// The one way this project runs programs: execa with an argument array, never a shell.
+// Output is captured line by line into the run log; the child is killed when the run aborts.
+import { execa } from 'execa';
+import { AbortedError, DomuError } from './errors.js';
+import type { Logger } from './log.js';
+
+export interface ExecEnv {
+  log: Logger;
+  signal: AbortSignal;
+}
+
+export interface ExecOptions {
+  cwd?: string;
+  /** Extra environment variables (the process environment is inherited). */
+  env?: Record<string, string | undefined>;
+  /** Text or bytes written to the child's stdin; otherwise stdin is ignored. */
+  input?: string | Uint8Array;
+  /** Called for every output line (stdout and stderr), e.g. for progress parsing. */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /** Exit codes that count as success (default [0]). */
+  okExitCodes?: number[];
+  /** Keep stdout/stderr in memory for the result (default true). */
+  buffer?: boolean;
+  /** Do not copy every line into the run log (e.g. huge binary-ish listings). */
+  quiet?: boolean;
+  /** Kill after this many ms. */
+  timeoutMs?: number;
+  /** What to tell the user to do when the program is not installed. */
+  missingHint?: string;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function commandLine(file: string, args: readonly string[]): string {
+  return [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
+}
+
+export async function run(env: ExecEnv, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  if (env.signal.aborted) throw new AbortedError();
+  const shown = commandLine(file, args);
+  env.log.debug(`$ ${shown}${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
+  const tap = (stream: 'stdout' | 'stderr') =>
+    function* (line: unknown) {
+      const text = String(line);
+      if (!opts.quiet) env.log.debug(`${stream === 'stderr' ? '! ' : '| '}${text}`);
+      opts.onLine?.(text, stream);
+      yield text;
+    };
+  const result = await execa(file, [...args], {
+    ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
+    env: opts.env ?? {},
+    extendEnv: true,
+    ...(opts.input === undefined ? { stdin: 'ignore' as const } : { input: opts.input }),
+    stdout: [tap('stdout')],
+    stderr: [tap('stderr')],
+    buffer: opts.buffer ?? true,
+    maxBuffer: 256 * 1024 * 1024,
+    reject: false,
+    cancelSignal: env.signal,
+    forceKillAfterDelay: 3000,
+    stripFinalNewline: true,
+    ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
+  });
+  if (result.isCanceled || env.signal.aborted) throw new AbortedError();
+  const stdout = typeof result.stdout === 'string' ? result.stdout : '';
+  const stderr = typeof result.stderr === 'string' ? result.stderr : '';
+  const errno = (result as { code?: string }).code;
+  if (errno === 'ENOENT' && result.exitCode === undefined) {
+    throw new DomuError(`program not found: ${file}`, { hint: opts.missingHint ?? 'run `domu doctor` to see what to install' });
+  }
+  if (result.timedOut) throw new DomuError(`${shown}: timed out after ${opts.timeoutMs} ms`);
+  const exitCode = result.exitCode ?? -1;
+  if (!(opts.okExitCodes ?? [0]).includes(exitCode)) {
+    const why = result.signal ? `killed by ${result.signal}` : `exit code ${exitCode}`;
+    const tail = lastLines(stderr || stdout, 3);
+    throw new ExecError(`${shown}: ${why}${tail ? `: ${tail}` : ''}`, exitCode, stdout, stderr);
+  }
+  return { exitCode, stdout, stderr };
+}
+
+export class ExecError extends DomuError {
+  constructor(
+    message: string,
+    /** The program's exit status (not the CLI's exit code). */
+    readonly status: number,
+    readonly stdout: string,
+    readonly stderr: string,
+  ) {
+    super(message);
+    this.name = 'ExecError';
+  }
+}
+
+function lastLines(text: string, n: number): string {
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' | ');
+}
+
+/** Whether a program can be found on PATH (no child process). */
+export async function which(program: string): Promise<string | undefined> {
+  const { access, constants } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  if (program.includes('/')) return (await access(program, constants.X_OK).then(() => true, () => false)) ? program : undefined;
+  const dirs = (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin']);
+  for (const d of dirs) {
+    const p = join(d, program);
+    if (await access(p, constants.X_OK).then(() => true, () => false)) return p;
+  }
+  return undefined;
+}
+
+export interface StreamChild {
+  /** The child's stdout as raw bytes. The caller must read it to the end or kill the child. */
+  stdout: NodeJS.ReadableStream & AsyncIterable<Buffer>;
+  /** Settles when the child has exited: resolves on an ok exit code, rejects as run() does otherwise. */
+  exit: Promise<ExecResult>;
+  /** Stop the child (SIGTERM, SIGKILL after 3 s); `exit` then rejects. Harmless after it exited. */
+  kill(): void;
+}
+
+/**
+ * Start a program whose stdout the caller consumes as a stream (e.g. `bzip2 -dc FILE`).
+ * Argument array, no shell; stderr is captured for the error message; the child is killed when
+ * the run aborts. `exit` never causes an unhandled rejection if the caller ignores it.
+ */
+export function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): StreamChild {
+  if (env.signal.aborted) throw new AbortedError();
+  const shown = commandLine(file, args);
+  env.log.debug(`$ ${shown} |${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
+  const sub = execa(file, [...args], {
+    ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
+    env: opts.env ?? {},
+    extendEnv: true,
+    stdin: 'ignore',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
+    maxBuffer: 1024 * 1024,
+    reject: false,
+    cancelSignal: env.signal,
+    forceKillAfterDelay: 3000,
+    stripFinalNewline: true,
+  });
+  const exit = sub.then((result) => {
+    if (result.isCanceled || env.signal.aborted) throw new AbortedError();
+    const stderr = typeof result.stderr === 'string' ? result.stderr : '';
+    for (const line of stderr.split('\n')) if (line.trim()) env.log.debug(`! ${line}`);
+    const errno = (result as { code?: string }).code;
+    if (errno === 'ENOENT' && result.exitCode === undefined) {
+      throw new DomuError(`program not found: ${file}`, { hint: opts.missingHint ?? 'run `domu doctor` to see what to install' });
+    }
+    const exitCode = result.exitCode ?? -1;
+    if (!(opts.okExitCodes ?? [0]).includes(exitCode)) {
+      const why = result.signal ? `killed by ${result.signal}` : `exit code ${exitCode}`;
+      const tail = lastLines(stderr, 3);
+      throw new ExecError(`${shown}: ${why}${tail ? `: ${tail}` : ''}`, exitCode, '', stderr);
+    }
+    return { exitCode, stdout: '', stderr };
+  });
+  exit.catch(() => undefined);
+  return {
+    stdout: sub.stdout as NodeJS.ReadableStream & AsyncIterable<Buffer>,
+    exit,
+    kill: () => {
+      sub.kill();
+    },
+  };
+}
