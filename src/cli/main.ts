@@ -1,0 +1,194 @@
+// The `domu` command line: parses flags, loads the plan, hands it to the pipeline and prints
+// the result. User errors are one line (plus a hint) and exit 2 or 1; never a stack trace.
+import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
+import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
+import { defaultCacheDir } from '../pipeline/cache.js';
+import { planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
+import { Run, type OutputMode } from '../pipeline/run.js';
+import type { Description } from '../pipeline/schema.js';
+import { doctor, formatDoctor } from './doctor.js';
+import { buildSummary, formatSummary, type Summary } from './summary.js';
+import { DOMU_VERSION } from './version.js';
+
+interface CommonOpts {
+  config?: string;
+  out: string;
+  json?: boolean;
+  verbose?: boolean;
+  jobs?: string;
+  cache: boolean;
+  cacheDir?: string;
+  set?: string[];
+  busyboxVersion?: string;
+  libc?: string;
+  strictVersion?: boolean;
+  source?: string;
+  sha256?: string;
+  pureJs?: boolean;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function withCommon(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'build description (default: ./guest.yaml when present)')
+    .option('--out <dir>', 'output directory', 'out')
+    .option('--json', 'print one JSON summary on stdout (progress goes to stderr)')
+    .option('--verbose', 'show command lines and tool output')
+    .option('--jobs <n>', 'parallel compile jobs (default: number of CPUs)')
+    .option('--no-cache', 'ignore cached results and redo every stage')
+    .option('--cache-dir <dir>', 'cache directory (default: $XDG_CACHE_HOME/domu or ~/.cache/domu)')
+    .option('--set <key=value>', 'override a description key, e.g. --set image.size=2G (repeatable)', collect)
+    .option('--busybox-version <version>', 'busybox release to build (busybox.version)')
+    .addOption(new Option('--libc <libc>', 'C library (busybox.libc)').choices(['glibc', 'musl']))
+    .option('--strict-version', 'never substitute another busybox version (fail instead)')
+    .option('--source <path|url>', 'a busybox release tarball to use (tried before upstream)')
+    .option('--sha256 <hash>', 'expected sha256 of the tarball (required for versions not in busybox-config/releases.hash)')
+    .option('--pure-js', 'decompress with unbzip2-stream instead of a native bzip2 child');
+}
+
+function overridesFrom(o: CommonOpts): Override[] {
+  const out: Override[] = [];
+  if (o.busyboxVersion !== undefined) out.push(flagOverride('--busybox-version', ['busybox', 'version'], o.busyboxVersion));
+  if (o.libc !== undefined) out.push(flagOverride('--libc', ['busybox', 'libc'], o.libc));
+  for (const s of o.set ?? []) out.push(parseSetFlag(s));
+  return out;
+}
+
+function loadFrom(o: CommonOpts): Description {
+  let file = o.config;
+  if (file === undefined && existsSync('guest.yaml')) file = 'guest.yaml';
+  return loadDescription({ ...(file === undefined ? {} : { file }), overrides: overridesFrom(o) });
+}
+
+function flagsFrom(o: CommonOpts): PlanFlags {
+  if (o.jobs !== undefined && !/^[1-9]\d*$/.test(o.jobs)) throw new InputError(`--jobs ${o.jobs}: expected a positive whole number`);
+  return { strictVersion: o.strictVersion ?? false, source: o.source, sha256: o.sha256?.toLowerCase(), pureJs: o.pureJs ?? false, noCache: !o.cache };
+}
+
+function outputMode(o: CommonOpts): OutputMode {
+  if (o.json) return 'json';
+  return process.stdout.isTTY ? 'tty' : 'plain';
+}
+
+function printError(e: unknown, json: boolean, command: string): number {
+  const known = e instanceof DomuError;
+  const code = known ? e.exitCode : 1;
+  const message = known ? e.message : `internal error: ${errorMessage(e)}`;
+  const [first, ...rest] = message.split('\n');
+  process.stderr.write(`domu ${command}: error: ${first}\n${rest.map((l) => `${l}\n`).join('')}`);
+  if (known && e.hint) process.stderr.write(`  hint: ${e.hint}\n`);
+  if (!known && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n(this is a bug in domu; please report it with the log)\n`);
+  if (json) {
+    const summary: Partial<Summary> = { ok: false, command, exitCode: code, error: { message, hint: known ? e.hint : undefined }, stages: [], warnings: [] };
+    process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+  }
+  return code;
+}
+
+/** Run a plan through the pipeline with signal handling; returns the exit code. */
+async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
+  const mode = outputMode(o);
+  const run = new Run({ mode, cacheDir: resolve(o.cacheDir ?? defaultCacheDir()), verbose: o.verbose ?? false, command: plan.command });
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      process.stderr.write(`domu: ${sig} again; exiting without waiting for cleanup\n`);
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    }
+    process.stderr.write(`domu: ${sig}: stopping and cleaning up…\n`);
+    run.abort(sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const records = await run.execute(plan.stages);
+    const summary = buildSummary(plan, records, run.runLog.warnings, { log: run.logFile });
+    process.stdout.write(mode === 'json' ? `${JSON.stringify(summary, null, 2)}\n` : `${formatSummary(summary)}\n`);
+    return 0;
+  } catch (e) {
+    const code = printError(e, false, plan.command);
+    if (mode === 'json') {
+      const summary = buildSummary(plan, run.records, run.runLog.warnings, {
+        ok: false,
+        exitCode: code,
+        error: { message: errorMessage(e), hint: e instanceof DomuError ? e.hint : undefined },
+        log: run.logFile,
+      });
+      process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+    } else {
+      process.stderr.write(`log: ${run.logFile}\n`);
+    }
+    return code;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await run.close();
+  }
+}
+
+function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags) => Plan) {
+  return async (o: CommonOpts) => {
+    let p: Plan;
+    try {
+      p = plan(loadFrom(o), flagsFrom(o));
+    } catch (e) {
+      process.exitCode = printError(e, o.json ?? false, name);
+      return;
+    }
+    process.exitCode = await runPlan(p, o);
+  };
+}
+
+function notYet(name: string, issue: number) {
+  return (o: { json?: boolean }) => {
+    process.exitCode = printError(new DomuError(`\`domu ${name}\` is not available in domu ${DOMU_VERSION} yet (planned, issue ${issue})`), o.json ?? false, name);
+  };
+}
+
+export function program(): Command {
+  const p = new Command('domu')
+    .description('Build a static busybox Xen guest image and its per-host domain configs')
+    .version(DOMU_VERSION, '-V, --version')
+    .showHelpAfterError('(run `domu --help` for usage)')
+    .exitOverride();
+  withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)')).action(pipelineCommand('build', planBuild));
+  withCommon(p.command('fetch').description('source stage only: obtain and verify the busybox tarball; print its path and sha256')).action(pipelineCommand('fetch', planFetch));
+  p.command('doctor')
+    .description('check the programs the pipeline needs and say what to install')
+    .option('--json', 'machine-readable report')
+    .action(async (o: { json?: boolean }) => {
+      const r = await doctor();
+      process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatDoctor(r)}\n`);
+      process.exitCode = r.ok ? 0 : 1;
+    });
+  for (const [name, issue, what] of [
+    ['modules', 5, 'module closure and checks for a kernel, without building'],
+    ['configs', 6, "regenerate every host's configs; no image work"],
+    ['verify', 7, 'QEMU boot check of a built image'],
+    ['release', 7, 'versioned artifacts: compressed image, SHA256SUMS, manifest'],
+  ] as const) {
+    withCommon(p.command(name).description(`${what} (not yet available)`)).action(notYet(name, issue));
+  }
+  return p;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await program().parseAsync(argv);
+  } catch (e) {
+    // commander's own exits (help, version, bad flags) arrive here under exitOverride.
+    const ce = e as { code?: string; exitCode?: number };
+    if (typeof ce.code === 'string' && ce.code.startsWith('commander.')) {
+      process.exitCode = ce.code === 'commander.helpDisplayed' || ce.code === 'commander.version' ? 0 : EXIT_BAD_INPUT;
+      return;
+    }
+    process.exitCode = printError(e, false, 'domu');
+  }
+}
+
+await main(process.argv);
