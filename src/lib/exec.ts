@@ -1,5 +1,6 @@
 // The one way this project runs programs: execa with an argument array, never a shell.
 // Output is captured line by line into the run log; the child is killed when the run aborts.
+import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { AbortedError, DomuError } from './errors.js';
 import type { Logger } from './log.js';
@@ -114,7 +115,7 @@ export async function which(program: string): Promise<string | undefined> {
 
 export interface StreamChild {
   /** The child's stdout as raw bytes. The caller must read it to the end or kill the child. */
-  stdout: NodeJS.ReadableStream & AsyncIterable<Buffer>;
+  stdout: Readable;
   /** Settles when the child has exited: resolves on an ok exit code, rejects as run() does otherwise. */
   exit: Promise<ExecResult>;
   /** Stop the child (SIGTERM, SIGKILL after 3 s); `exit` then rejects. Harmless after it exited. */
@@ -162,7 +163,7 @@ export function spawnStream(env: ExecEnv, file: string, args: readonly string[],
   });
   exit.catch(() => undefined);
   return {
-    stdout: sub.stdout as NodeJS.ReadableStream & AsyncIterable<Buffer>,
+    stdout: sub.stdout,
     exit,
     kill: () => {
       sub.kill();
