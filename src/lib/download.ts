@@ -8,7 +8,7 @@ import http, { STATUS_CODES, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { dirname } from 'node:path';
 import { tempPathFor } from './atomic.js';
-import { AbortedError, DomuError, errorMessage } from './errors.js';
+import { abortError, DomuError, errorMessage } from './errors.js';
 import { SHA256_RE } from './hash.js';
 import type { Logger } from './log.js';
 
@@ -81,7 +81,7 @@ export async function download(opts: DownloadOptions): Promise<DownloadResult> {
     log,
     onProgress: opts.onProgress,
   };
-  if (signal.aborted) throw new AbortedError();
+  if (signal.aborted) throw abortError(signal);
 
   await mkdir(dirname(dest), { recursive: true });
   const tmp = tempPathFor(dest);
@@ -99,7 +99,7 @@ export async function download(opts: DownloadOptions): Promise<DownloadResult> {
         log.debug(`downloaded ${result.url}: ${result.bytes} bytes, sha256 ${result.sha256}`);
         return { ...result, url: result.url === start.href ? url : result.url };
       } catch (e) {
-        if (signal.aborted) throw new AbortedError();
+        if (signal.aborted) throw abortError(signal);
         if (!(e instanceof AttemptError)) throw e;
         const tries = `${attempt} attempt${attempt === 1 ? '' : 's'}`;
         if (!e.retryable || attempt >= attempts) throw new DomuError(`download ${url} failed after ${tries}: ${e.message}`, { cause: e });
@@ -143,7 +143,7 @@ type FetchOutcome = { kind: 'redirect'; status: number; location: string } | { k
 
 /** One request. Throws AttemptError for network trouble and bad statuses; AbortedError on abort. */
 async function fetchOne(url: URL, tmp: string, s: Settings): Promise<FetchOutcome> {
-  if (s.signal.aborted) throw new AbortedError();
+  if (s.signal.aborted) throw abortError(s.signal);
   const mod = url.protocol === 'https:' ? https : http;
   // agent: false: a fresh socket per request, so the connect timer always measures a real connect.
   const req = mod.request(url, { method: 'GET', agent: false, headers: { 'user-agent': 'domu-builder', accept: '*/*' } });
@@ -175,7 +175,7 @@ async function fetchOne(url: URL, tmp: string, s: Settings): Promise<FetchOutcom
     if (sock.connecting) sock.once('connect', connected);
     else connected();
   });
-  const onAbort = (): void => fail(new AbortedError());
+  const onAbort = (): void => fail(abortError(s.signal));
   s.signal.addEventListener('abort', onAbort, { once: true });
 
   let received = 0;
@@ -258,12 +258,12 @@ function seconds(ms: number): string {
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) {
-      reject(new AbortedError());
+      reject(abortError(signal));
       return;
     }
     const onAbort = (): void => {
       clearTimeout(timer);
-      reject(new AbortedError());
+      reject(abortError(signal));
     };
     const timer = setTimeout(() => {
       signal.removeEventListener('abort', onAbort);

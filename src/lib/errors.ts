@@ -26,10 +26,16 @@ export class InputError extends DomuError {
 
 /** The run was interrupted by SIGINT/SIGTERM or an abort. */
 export class AbortedError extends DomuError {
-  constructor(reason = 'interrupted') {
-    super(`aborted: ${reason}; cleaned up`, { exitCode: 130 });
+  /** `reason` is the signal name (SIGINT, SIGTERM) or a short phrase. Exit 130/143 as shells do. */
+  constructor(readonly reason = 'abort') {
+    super(`interrupted by ${reason}; everything the run had started was undone`, { exitCode: reason === 'SIGTERM' ? 143 : 130 });
     this.name = 'AbortedError';
   }
+}
+
+/** The AbortedError a signal carries (Run.abort puts one there), or a fresh one. */
+export function abortError(signal: AbortSignal): AbortedError {
+  return signal.reason instanceof AbortedError ? signal.reason : new AbortedError();
 }
 
 export function isDomuError(e: unknown): e is DomuError {

@@ -2,7 +2,7 @@
 // Output is captured line by line into the run log; the child is killed when the run aborts.
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
-import { AbortedError, DomuError } from './errors.js';
+import { abortError, DomuError } from './errors.js';
 import type { Logger } from './log.js';
 
 export interface ExecEnv {
@@ -41,7 +41,7 @@ export function commandLine(file: string, args: readonly string[]): string {
 }
 
 export async function run(env: ExecEnv, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  if (env.signal.aborted) throw new AbortedError();
+  if (env.signal.aborted) throw abortError(env.signal);
   const shown = commandLine(file, args);
   env.log.debug(`$ ${shown}${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
   const tap = (stream: 'stdout' | 'stderr') =>
@@ -66,7 +66,7 @@ export async function run(env: ExecEnv, file: string, args: readonly string[], o
     stripFinalNewline: true,
     ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
   });
-  if (result.isCanceled || env.signal.aborted) throw new AbortedError();
+  if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
   const stdout = typeof result.stdout === 'string' ? result.stdout : '';
   const stderr = typeof result.stderr === 'string' ? result.stderr : '';
   const errno = (result as { code?: string }).code;
@@ -128,7 +128,7 @@ export interface StreamChild {
  * the run aborts. `exit` never causes an unhandled rejection if the caller ignores it.
  */
 export function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): StreamChild {
-  if (env.signal.aborted) throw new AbortedError();
+  if (env.signal.aborted) throw abortError(env.signal);
   const shown = commandLine(file, args);
   env.log.debug(`$ ${shown} |${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
   const sub = execa(file, [...args], {
@@ -146,7 +146,7 @@ export function spawnStream(env: ExecEnv, file: string, args: readonly string[],
     stripFinalNewline: true,
   });
   const exit = sub.then((result) => {
-    if (result.isCanceled || env.signal.aborted) throw new AbortedError();
+    if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
     const stderr = typeof result.stderr === 'string' ? result.stderr : '';
     for (const line of stderr.split('\n')) if (line.trim()) env.log.debug(`! ${line}`);
     const errno = (result as { code?: string }).code;

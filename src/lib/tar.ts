@@ -33,7 +33,7 @@ import { createGunzip } from 'node:zlib';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import unbzip2 from 'unbzip2-stream';
 import { tempPathFor } from './atomic.js';
-import { AbortedError, DomuError, errorMessage } from './errors.js';
+import { abortError, AbortedError, DomuError, errorMessage } from './errors.js';
 import { ExecError, spawnStream, which, type ExecEnv, type StreamChild } from './exec.js';
 
 export type Decompressor = 'native' | 'js';
@@ -81,7 +81,7 @@ export async function safeExtract(opts: SafeExtractOptions): Promise<SafeExtract
   const label = basename(archive);
   const strip = opts.stripComponents ?? 1;
   if (!Number.isInteger(strip) || strip < 0) throw new DomuError(`stripComponents must be a non-negative integer (got ${strip})`);
-  if (env.signal.aborted) throw new AbortedError();
+  if (env.signal.aborted) throw abortError(env.signal);
   if (await pathExists(dest)) throw new DomuError(`${label}: cannot extract into ${dest}: it already exists`);
 
   const compression = await sniff(archive, label);
@@ -106,7 +106,7 @@ export async function safeExtract(opts: SafeExtractOptions): Promise<SafeExtract
     const writer = new TreeWriter(tmp, label, strip);
     await parse(source, writer, env, opts.onProgress, child);
     writer.finish();
-    if (env.signal.aborted) throw new AbortedError();
+    if (env.signal.aborted) throw abortError(env.signal);
     if (await pathExists(dest)) throw new DomuError(`${label}: cannot extract into ${dest}: it appeared while extracting`);
     await rename(tmp, dest);
     return { ...writer.counts, decompressor };
@@ -116,7 +116,7 @@ export async function safeExtract(opts: SafeExtractOptions): Promise<SafeExtract
       await child.exit.catch(() => undefined); // gone before we return, not merely signalled
     }
     await rm(tmp, { recursive: true, force: true });
-    if (env.signal.aborted && !(e instanceof AbortedError)) throw new AbortedError();
+    if (env.signal.aborted && !(e instanceof AbortedError)) throw abortError(env.signal);
     throw explain(e, label, compression);
   }
 }
@@ -227,7 +227,7 @@ async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgr
   ex.on('close', wake);
   const onAbort = () => {
     child?.kill();
-    ex.destroy(new AbortedError());
+    ex.destroy(abortError(env.signal));
     inbox.stop();
     wake();
   };
@@ -238,7 +238,7 @@ async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgr
     for (;;) {
       const chunk = await inbox.next();
       if (chunk === undefined) break;
-      if (env.signal.aborted) throw new AbortedError();
+      if (env.signal.aborted) throw abortError(env.signal);
       if (refusal !== undefined) throw refusal;
       if (tarError !== undefined) continue; // drain the decompressor
       bytes += chunk.length;
@@ -249,7 +249,7 @@ async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgr
       // (bzip2 cannot start on its next block before the pipe has taken all of this one).
       await yieldToIo();
     }
-    if (env.signal.aborted) throw new AbortedError();
+    if (env.signal.aborted) throw abortError(env.signal);
     if (refusal === undefined && tarError === undefined) {
       ex.end(undefined);
       while (!finished && refusal === undefined && tarError === undefined && !ex.destroyed) await waitFor();

@@ -3,7 +3,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
-import { AbortedError, DomuError, errorMessage } from '../lib/errors.js';
+import { abortError, AbortedError, DomuError, errorMessage } from '../lib/errors.js';
 import { RunLog } from '../lib/log.js';
 import { Cache } from './cache.js';
 import { CleanupRegistry } from './cleanup.js';
@@ -53,7 +53,6 @@ export class Run {
   readonly workDir: string;
   readonly runLog: RunLog;
   readonly records: StageRecord[] = [];
-  private abortReason: string | undefined;
 
   constructor(readonly opts: RunOptions) {
     this.cache = new Cache(opts.cacheDir);
@@ -68,8 +67,7 @@ export class Run {
 
   /** Abort the run (signal handler): children are killed, then cleanup runs. */
   abort(reason: string): void {
-    this.abortReason ??= reason;
-    this.controller.abort(new AbortedError(reason));
+    if (!this.controller.signal.aborted) this.controller.abort(new AbortedError(reason));
   }
 
   async execute(stages: PipelineStage[]): Promise<StageRecord[]> {
@@ -109,14 +107,15 @@ export class Run {
           const record: StageRecord = { name: stage.name, status: 'done', ms: 0, cacheHit: false, outputs: {} };
           this.records.push(record);
           try {
-            if (this.controller.signal.aborted) throw new AbortedError(this.abortReason);
+            if (this.controller.signal.aborted) throw abortError(this.controller.signal);
             const r = await stage.run(ctx);
             record.cacheHit = r.cacheHit;
             record.outputs = r.outputs;
             record.status = r.cacheHit ? 'cached' : 'done';
             task.title = `${stage.title}${r.note ? `: ${r.note}` : ''}${r.cacheHit ? ' (cached)' : ''}`;
           } catch (e) {
-            const err = this.controller.signal.aborted && !(e instanceof DomuError) ? new AbortedError(this.abortReason) : e;
+            // Whatever a stage threw while the run was being aborted, the cause is the abort.
+            const err = this.controller.signal.aborted ? abortError(this.controller.signal) : e;
             record.status = 'failed';
             record.error = errorMessage(err);
             failure = err;
@@ -151,7 +150,7 @@ export class Run {
     // Undo whatever is still registered (on success too: a stage keeps what it released).
     await this.cleanup.runAll(log);
     if (failure !== undefined) {
-      if (this.controller.signal.aborted && !(failure instanceof AbortedError)) failure = new AbortedError(this.abortReason);
+      if (this.controller.signal.aborted) failure = abortError(this.controller.signal);
       log.info(`failed: ${errorMessage(failure)}`);
       throw failure;
     }
