@@ -41,8 +41,17 @@ export function commandLine(file: string, args: readonly string[]): string {
 }
 
 export async function run(env: ExecEnv, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  return runFedBy(env, undefined, file, args, opts);
+}
+
+/**
+ * `producer | consumer` without a shell, e.g. `yes '' | make oldconfig` (or just the consumer when
+ * `producer` is undefined). Only the consumer's exit decides success: the producer normally dies
+ * of SIGPIPE when the consumer stops reading, and that is not a failure.
+ */
+export async function runFedBy(env: ExecEnv, producer: readonly [string, readonly string[]] | undefined, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   if (env.signal.aborted) throw abortError(env.signal);
-  const shown = commandLine(file, args);
+  const shown = `${producer ? `${commandLine(...producer)} | ` : ''}${commandLine(file, args)}`;
   env.log.debug(`$ ${shown}${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
   const tap = (stream: 'stdout' | 'stderr') =>
     function* (line: unknown) {
@@ -51,11 +60,11 @@ export async function run(env: ExecEnv, file: string, args: readonly string[], o
       opts.onLine?.(text, stream);
       yield text;
     };
-  const result = await execa(file, [...args], {
+  const options = {
     ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
     env: opts.env ?? {},
     extendEnv: true,
-    ...(opts.input === undefined ? { stdin: 'ignore' as const } : { input: opts.input }),
+    ...(producer || opts.input === undefined ? {} : { input: opts.input }),
     stdout: [tap('stdout')],
     stderr: [tap('stderr')],
     buffer: opts.buffer ?? true,
@@ -65,10 +74,32 @@ export async function run(env: ExecEnv, file: string, args: readonly string[], o
     forceKillAfterDelay: 3000,
     stripFinalNewline: true,
     ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
-  });
-  if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
+  } as const;
+  let result;
+  if (producer) {
+    const feeder = execa(producer[0], [...producer[1]], { stdin: 'ignore', buffer: false, reject: false, cancelSignal: env.signal });
+    result = await feeder.pipe(file, [...args], options);
+    feeder.kill();
+    await feeder; // reaped; its SIGPIPE/EPIPE end is expected and ignored
+  } else {
+    result = await execa(file, [...args], { ...options, ...(opts.input === undefined ? { stdin: 'ignore' as const } : {}) });
+  }
   const stdout = typeof result.stdout === 'string' ? result.stdout : '';
   const stderr = typeof result.stderr === 'string' ? result.stderr : '';
+  return settle(env, result, file, shown, opts, stdout, stderr);
+}
+
+/** Turn an execa result into ours: abort, missing program, time-out and bad exit become errors. */
+function settle(
+  env: ExecEnv,
+  result: { isCanceled: boolean; timedOut: boolean; exitCode?: number | undefined; signal?: string | undefined },
+  file: string,
+  shown: string,
+  opts: Pick<ExecOptions, 'okExitCodes' | 'missingHint' | 'timeoutMs'>,
+  stdout: string,
+  stderr: string,
+): ExecResult {
+  if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
   const errno = (result as { code?: string }).code;
   if (errno === 'ENOENT' && result.exitCode === undefined) {
     throw new DomuError(`program not found: ${file}`, { hint: opts.missingHint ?? 'run `domu doctor` to see what to install' });
@@ -146,20 +177,9 @@ export function spawnStream(env: ExecEnv, file: string, args: readonly string[],
     stripFinalNewline: true,
   });
   const exit = sub.then((result) => {
-    if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
     const stderr = typeof result.stderr === 'string' ? result.stderr : '';
     for (const line of stderr.split('\n')) if (line.trim()) env.log.debug(`! ${line}`);
-    const errno = (result as { code?: string }).code;
-    if (errno === 'ENOENT' && result.exitCode === undefined) {
-      throw new DomuError(`program not found: ${file}`, { hint: opts.missingHint ?? 'run `domu doctor` to see what to install' });
-    }
-    const exitCode = result.exitCode ?? -1;
-    if (!(opts.okExitCodes ?? [0]).includes(exitCode)) {
-      const why = result.signal ? `killed by ${result.signal}` : `exit code ${exitCode}`;
-      const tail = lastLines(stderr, 3);
-      throw new ExecError(`${shown}: ${why}${tail ? `: ${tail}` : ''}`, exitCode, '', stderr);
-    }
-    return { exitCode, stdout: '', stderr };
+    return settle(env, result, file, shown, opts, '', stderr);
   });
   exit.catch(() => undefined);
   return {
@@ -170,3 +190,4 @@ export function spawnStream(env: ExecEnv, file: string, args: readonly string[],
     },
   };
 }
+
