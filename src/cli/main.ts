@@ -1,6 +1,6 @@
 // The `domu` command line: parses flags, loads the plan, hands it to the pipeline and prints
 // the result. User errors are one line (plus a hint) and exit 2 or 1; never a stack trace.
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
@@ -58,15 +58,28 @@ function overridesFrom(o: CommonOpts): Override[] {
   return out;
 }
 
+function descriptionFile(o: CommonOpts): string | undefined {
+  if (o.config !== undefined) return o.config;
+  return existsSync('guest.yaml') ? 'guest.yaml' : undefined;
+}
+
 function loadFrom(o: CommonOpts): Description {
-  let file = o.config;
-  if (file === undefined && existsSync('guest.yaml')) file = 'guest.yaml';
+  const file = descriptionFile(o);
   return loadDescription({ ...(file === undefined ? {} : { file }), overrides: overridesFrom(o) });
 }
 
 function flagsFrom(o: CommonOpts): PlanFlags {
   if (o.jobs !== undefined && !/^[1-9]\d*$/.test(o.jobs)) throw new InputError(`--jobs ${o.jobs}: expected a positive whole number`);
-  return { strictVersion: o.strictVersion ?? false, source: o.source, sha256: o.sha256?.toLowerCase(), pureJs: o.pureJs ?? false, noCache: !o.cache };
+  const file = descriptionFile(o);
+  return {
+    strictVersion: o.strictVersion ?? false,
+    source: o.source,
+    sha256: o.sha256?.toLowerCase(),
+    pureJs: o.pureJs ?? false,
+    noCache: !o.cache,
+    jobs: o.jobs === undefined ? undefined : Number(o.jobs),
+    baseDir: file === undefined ? undefined : dirname(resolve(file)),
+  };
 }
 
 function outputMode(o: CommonOpts): OutputMode {

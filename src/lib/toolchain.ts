@@ -98,7 +98,15 @@ export async function probeToolchain(env: ExecEnv, spec: ToolchainSpec, extraCfl
       : 'apt-get install gcc libc6-dev';
   const version = await run(env, cc, ['--version'], { missingHint: hint, quiet: true });
   // One preprocessor pass answers both questions for this compiler and these flags.
-  const probe = '#include <features.h>\n#include <linux/pkt_sched.h>\nDOMU_GLIBC __GLIBC__ __GLIBC_MINOR__\n';
+  const probe = [
+    '#include <features.h>',
+    '#include <linux/pkt_sched.h>',
+    'DOMU_GLIBC __GLIBC__ __GLIBC_MINOR__',
+    '#ifdef TCA_CBQ_MAX',
+    'DOMU_HAS_TCA_CBQ_MAX',
+    '#endif',
+    '',
+  ].join('\n');
   const pre = await run(env, cc, [...extraCflags, '-E', '-P', '-x', 'c', '-'], { input: probe, quiet: true });
   const m = /DOMU_GLIBC (\d+) (\d+)/.exec(pre.stdout);
   const target = spec.crossCompile ? crossTarget(spec.crossCompile) : undefined;
@@ -112,7 +120,7 @@ export async function probeToolchain(env: ExecEnv, spec: ToolchainSpec, extraCfl
     arch: target?.arch,
     machine,
     glibc: m && spec.libc === 'glibc' ? { major: Number(m[1]), minor: Number(m[2]) } : undefined,
-    hasTcaCbqMax: /\bTCA_CBQ_MAX\b/.test(pre.stdout),
+    hasTcaCbqMax: /\bDOMU_HAS_TCA_CBQ_MAX\b/.test(pre.stdout),
   };
 }
 

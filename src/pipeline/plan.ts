@@ -1,10 +1,16 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2).
-import type { ExtractOutput } from '../stages/extract.js';
-import { extractStage } from '../stages/extract.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import { errorMessage, InputError } from '../lib/errors.js';
+import { parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
+import { projectPath } from '../lib/paths.js';
+import { compileStage, type CompileOutput } from '../stages/compile.js';
+import { extractStage, type ExtractOutput } from '../stages/extract.js';
+import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/kconfig.js';
 import { expectedSha256, sourceStage, type SourceInput, type SourceOutput } from '../stages/source.js';
 import type { PipelineStage } from './run.js';
-import type { Description } from './schema.js';
+import { DEFAULTS, type Description } from './schema.js';
 
 export interface PlanFlags {
   strictVersion?: boolean;
@@ -12,12 +18,17 @@ export interface PlanFlags {
   sha256?: string | undefined;
   pureJs?: boolean;
   noCache?: boolean;
+  jobs?: number | undefined;
+  /** Directory of the description file: relative paths in it are resolved from there. */
+  baseDir?: string | undefined;
 }
 
 /** Results shared between the stages of one run, filled as they complete. */
 export interface PlanState {
   source?: SourceOutput;
   extract?: ExtractOutput;
+  kconfig?: KconfigOutput;
+  compile?: CompileOutput;
 }
 
 export interface Plan {
@@ -29,7 +40,8 @@ export interface Plan {
   notYetAvailable: string[];
 }
 
-export const LATER_STAGES = ['kconfig', 'compile', 'kernel', 'modules', 'initramfs', 'rootfs', 'image', 'xen configs', 'publish'];
+export const LATER_STAGES = ['kernel', 'modules', 'initramfs', 'rootfs', 'image', 'xen configs', 'publish'];
+export const COMPAT_HEADER = projectPath('busybox-config', 'compat', 'stime.h');
 
 export function sourceInput(desc: Description, flags: PlanFlags): SourceInput {
   const input: SourceInput = {
@@ -44,6 +56,39 @@ export function sourceInput(desc: Description, flags: PlanFlags): SourceInput {
   // Plan-time check: the version must have a pinned or given hash.
   expectedSha256(input.version, input.sha256);
   return input;
+}
+
+/**
+ * A path from the description: relative to the description's directory; a default value that
+ * is not there refers to the project's own data (busybox-config/ ships with domu).
+ */
+export function resolveDataPath(value: string, baseDir: string | undefined, defaultValue: string | undefined): string {
+  if (isAbsolute(value)) return value;
+  const mine = resolve(baseDir ?? process.cwd(), value);
+  if (value === defaultValue && !existsSync(mine)) return projectPath(value);
+  return mine;
+}
+
+function kconfigSource(desc: Description, flags: PlanFlags): KconfigInput['source'] {
+  const mode = desc.busybox.config ? 'config' : 'fragment';
+  const key = mode === 'config' ? 'busybox.config' : 'busybox.fragment';
+  const path = resolveDataPath(desc.busybox.config ?? desc.busybox.fragment, flags.baseDir, mode === 'config' ? undefined : DEFAULTS.busybox.fragment);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new InputError(`${key}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : errorMessage(e)}`, 'fix the path in the build description (relative paths start at its directory)');
+  }
+  const config: KConfig = mode === 'config' ? parseAsInput(() => parseConfig(text, path)) : parseFragment(text, path);
+  return { mode, path, config };
+}
+
+function parseAsInput(fn: () => KConfig): KConfig {
+  try {
+    return fn();
+  } catch (e) {
+    throw new InputError(errorMessage(e));
+  }
 }
 
 function sourceTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
@@ -85,6 +130,77 @@ function extractTask(flags: PlanFlags, state: PlanState): PipelineStage {
   };
 }
 
+function kconfigTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  const source = kconfigSource(desc, flags);
+  if (desc.busybox.libc === 'musl' && desc.busybox.cross_compile) {
+    throw new InputError('busybox.libc: musl with busybox.cross_compile is not supported', 'use glibc for cross builds (the cross toolchain links statically against its own glibc)');
+  }
+  return {
+    name: 'kconfig',
+    title: 'Configure busybox',
+    run: async (ctx) => {
+      const k = await kconfigStage(
+        {
+          tree: state.extract!.tree,
+          version: state.source!.resolvedVersion,
+          tarballSha256: state.source!.sha256,
+          source,
+          toolchain: { libc: desc.busybox.libc, crossCompile: desc.busybox.cross_compile },
+          compatHeader: COMPAT_HEADER,
+          noCache: flags.noCache ?? false,
+        },
+        ctx,
+      );
+      state.kconfig = k;
+      return {
+        cacheHit: k.cacheHit,
+        note: `${k.symbolsVerified} symbols verified${k.adjustments.length ? `, ${k.adjustments.length} adjustments` : ''}`,
+        outputs: {
+          configSha256: k.configSha256,
+          source: source.path,
+          adjustments: k.adjustments,
+          compiler: k.toolchain.ccVersion,
+          libc: k.toolchain.libc,
+          glibc: k.toolchain.glibc ? `${k.toolchain.glibc.major}.${k.toolchain.glibc.minor}` : null,
+          makeVars: k.makeVars,
+          symbolsVerified: k.symbolsVerified,
+        },
+      };
+    },
+  };
+}
+
+function compileTask(flags: PlanFlags, state: PlanState): PipelineStage {
+  return {
+    name: 'compile',
+    title: 'Compile busybox',
+    run: async (ctx) => {
+      const k = state.kconfig!;
+      const c = await compileStage(
+        {
+          tree: state.extract!.tree,
+          version: state.source!.resolvedVersion,
+          tarballSha256: state.source!.sha256,
+          config: k.config,
+          buildDir: k.buildDir,
+          toolchain: k.toolchain,
+          makeVars: k.makeVars,
+          includedFilesHash: k.includedFilesHash,
+          jobs: flags.jobs,
+          noCache: flags.noCache ?? false,
+        },
+        ctx,
+      );
+      state.compile = c;
+      return {
+        cacheHit: c.cacheHit,
+        note: `${c.applets ?? '?'} applets, static ${c.machine}`,
+        outputs: { ...c },
+      };
+    },
+  };
+}
+
 export function planFetch(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
@@ -96,7 +212,7 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
     command: 'build',
     description,
     state,
-    stages: [sourceTask(description, flags, state), extractTask(flags, state)],
+    stages: [sourceTask(description, flags, state), extractTask(flags, state), kconfigTask(description, flags, state), compileTask(flags, state)],
     notYetAvailable: LATER_STAGES,
   };
 }

@@ -172,6 +172,8 @@ export const busyboxSchema = section('busybox settings', {
   /** A full busybox .config used instead of defconfig + fragment. */
   config: text('the path of a busybox .config', isPath).optional(),
   libc: oneOf(['glibc', 'musl'] as const).prefault('glibc'),
+  /** A cross toolchain prefix (CROSS_COMPILE), e.g. aarch64-linux-gnu-; absent for a native build. */
+  cross_compile: text('a toolchain prefix ending in "-", like aarch64-linux-gnu-', matches(/^[A-Za-z0-9_.+]+(-[A-Za-z0-9_.+]+)*-$/)).optional(),
   /** Base URLs; the tarball is `<mirror>/busybox-<version>.tar.bz2`. Kept without trailing `/`. */
   mirrors: z
     .array(

@@ -207,7 +207,7 @@ describe('errors name the file, line, column and key path', () => {
     const lines = inputError(() => loadDescription({ file })).message.split('\n');
     expect(lines).toEqual([
       `${file}:2:10: guest.vcpus: expected an integer from 1 to 128, got "two"`,
-      `${file}:3:10: busybox: expected a mapping of busybox settings (version, fallback, fragment, config, libc, mirrors), got "1.22.1"`,
+      `${file}:3:10: busybox: expected a mapping of busybox settings (version, fallback, fragment, config, libc, cross_compile, mirrors), got "1.22.1"`,
       `${file}:4:10: modules: expected a list of module names, got "xen-netfront" (write [xen-netfront] for a list of one)`,
     ]);
     expect(at('wrong-type.yaml', 2, 10)).toBe('two');
