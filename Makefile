@@ -3,7 +3,7 @@
 .PHONY: all setup image test bench typecheck clean
 
 # Packages only the tests need on top of the product's own list (scripts/debian-packages.txt).
-TEST_PACKAGES :=
+TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 all: image
 

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { tempPathFor } from './atomic.js';
-import { DomuError } from './errors.js';
+import { DomuError, InputError } from './errors.js';
 import { run, type ExecEnv } from './exec.js';
 
 export type Libc = 'glibc' | 'musl';
@@ -47,7 +47,7 @@ export function crossTarget(prefix: string): { arch: string; machine: number } {
     [/^s390x$/, 's390', 22],
   ];
   const hit = table.find(([re]) => re.test(cpu));
-  if (!hit) throw new DomuError(`busybox.cross_compile ${prefix}: unknown target CPU "${cpu}"`, { exitCode: 2, hint: 'use a prefix like aarch64-linux-gnu-' });
+  if (!hit) throw new InputError(`busybox.cross_compile ${prefix}: unknown target CPU "${cpu}"`, 'use a prefix like aarch64-linux-gnu- (aarch64, arm, x86_64, i686, riscv64, mips, powerpc, s390x)');
   return { arch: hit[1], machine: hit[2] };
 }
 

@@ -5,6 +5,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { errorMessage, InputError } from '../lib/errors.js';
 import { parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
 import { projectPath } from '../lib/paths.js';
+import { crossTarget } from '../lib/toolchain.js';
 import { compileStage, type CompileOutput } from '../stages/compile.js';
 import { extractStage, type ExtractOutput } from '../stages/extract.js';
 import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/kconfig.js';
@@ -132,8 +133,11 @@ function extractTask(flags: PlanFlags, state: PlanState): PipelineStage {
 
 function kconfigTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
   const source = kconfigSource(desc, flags);
-  if (desc.busybox.libc === 'musl' && desc.busybox.cross_compile) {
-    throw new InputError('busybox.libc: musl with busybox.cross_compile is not supported', 'use glibc for cross builds (the cross toolchain links statically against its own glibc)');
+  if (desc.busybox.cross_compile) {
+    if (desc.busybox.libc === 'musl') {
+      throw new InputError('busybox.libc: musl with busybox.cross_compile is not supported', 'use glibc for cross builds (the cross toolchain links statically against its own glibc)');
+    }
+    crossTarget(desc.busybox.cross_compile); // an unknown CPU is bad input: exit 2 before any stage
   }
   return {
     name: 'kconfig',

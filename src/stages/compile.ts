@@ -90,6 +90,8 @@ export async function compileStage(input: CompileInput, ctx: StageContext): Prom
     if (hit && existsSync(join(hit, 'meta.json'))) {
       const meta = JSON.parse(await readFile(join(hit, 'meta.json'), 'utf8')) as Meta;
       ctx.log.info(`busybox ${input.version} install tree from the cache (${meta.applets ?? '?'} applets); make not run`);
+      // The kconfig stage may have prepared a build directory (its own cache missed): not needed.
+      if (input.buildDir) await rm(input.buildDir, { recursive: true, force: true });
       return result(hit, meta, true);
     }
   }

@@ -23,7 +23,7 @@ import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type T
 import type { StageContext } from '../pipeline/context.js';
 
 /** Bump when what this stage produces for the same inputs changes. */
-export const KCONFIG_STAGE_VERSION = 1;
+export const KCONFIG_STAGE_VERSION = 2;
 export const KCONFIG_KIND = 'kconfig';
 
 export interface KconfigInput {
@@ -71,6 +71,10 @@ function safePath(path: string, what: string): string {
   }
   return path;
 }
+
+// kconfig writes the current date into the .config header unless told not to; the final .config
+// is part of the compile cache key, so the same configuration must give the same text.
+const KCONFIG_ENV = { KCONFIG_NOTIMESTAMP: '1' };
 
 const bool = (value: 'y' | 'n') => ({ kind: 'bool' as const, value });
 const str = (value: string) => ({ kind: 'string' as const, value });
@@ -135,12 +139,12 @@ export async function kconfigStage(input: KconfigInput, ctx: StageContext): Prom
     const dotConfig = join(buildDir, '.config');
     let base = emptyConfig('.config');
     if (input.source.mode === 'fragment') {
-      await run(ctx, 'make', [...makeVars, 'defconfig'], { cwd: buildDir, quiet: true, missingHint: 'apt-get install make' });
+      await run(ctx, 'make', [...makeVars, 'defconfig'], { cwd: buildDir, env: KCONFIG_ENV, quiet: true, missingHint: 'apt-get install make' });
       base = parseConfig(await readFile(dotConfig, 'utf8'), `${buildDir}/.config`);
     }
     await writeFile(dotConfig, serializeConfig(mergeFragment(base, wanted)));
     // busybox 1.22.1's kconfig has no olddefconfig: answer every new question with its default.
-    await runFedBy(ctx, ['yes', ['']], 'make', [...makeVars, 'oldconfig'], { cwd: buildDir, quiet: true });
+    await runFedBy(ctx, ['yes', ['']], 'make', [...makeVars, 'oldconfig'], { cwd: buildDir, env: KCONFIG_ENV, quiet: true });
     const finalText = await readFile(dotConfig, 'utf8');
     const final = parseConfig(finalText, `${buildDir}/.config`);
     const mismatches = verifyFragment(final, wanted);

@@ -76,7 +76,7 @@ export async function sourceStage(input: SourceInput, ctx: StageContext): Promis
   const want = expectedSha256(input.version, input.sha256);
   const attempts: SourceOutput['attempts'] = [];
   const done = (tarball: string, sha: string, o: Origin, cacheHit: boolean): SourceOutput => {
-    ctx.log.info(`busybox ${o.version}: ${cacheHit ? 'cached' : 'fetched'} from ${o.provider} (${o.origin}), sha256 ${sha}`);
+    ctx.log.info(cacheHit ? `busybox ${o.version}: from the cache (${o.origin}), sha256 ${sha}` : `busybox ${o.version}: fetched from ${o.provider} (${o.origin}), sha256 ${sha}`);
     if (o.substitution) ctx.log.warn(substitutionText(o.substitution));
     return { tarball, sha256: sha, requestedVersion: input.version, resolvedVersion: o.version, provider: o.provider, origin: o.origin, cacheHit, substitution: o.substitution, attempts };
   };
