@@ -370,6 +370,30 @@ describe('a full .config (allnoconfig + STATIC, BUSYBOX, ECHO): cache paths and 
     // The build directory kconfig prepared is not left behind in the run directory.
     expect(await readdir(dirname(str(s.log)))).toEqual(['run.log']);
   });
+  it(
+    'two builds at once with the same key both succeed and leave one intact cache entry',
+    async () => {
+      const shared = join(dir, 'race-cache');
+      const [a, b] = await Promise.all([build(shared, ['--config', guest]), build(shared, ['--config', guest])]);
+      expect(a.r.exitCode, a.r.stderr).toBe(0);
+      expect(b.r.exitCode, b.r.stderr).toBe(0);
+      const key = str(stage(a.s, 'compile').outputs.key);
+      expect(stage(b.s, 'compile').outputs.key).toBe(key);
+      for (const kind of ['sources', 'trees', 'kconfig', 'installs']) {
+        expect((await readdir(join(shared, kind))).filter((n) => n.startsWith('.tmp-')), kind).toEqual([]);
+      }
+      expect(await readdir(join(shared, 'installs'))).toEqual([key]);
+      const entry = join(shared, 'installs', key);
+      const meta = JSON.parse(await readFile(join(entry, 'meta.json'), 'utf8')) as { applets: number };
+      const binary = join(entry, 'root', 'bin', 'busybox');
+      expect(await runBinary(binary, ['echo', 'intact'])).toBe('intact');
+      expect((await runBinary(binary, ['--list'])).split('\n').filter(Boolean)).toHaveLength(meta.applets);
+      // Both results point at the one entry that exists.
+      expect(str(stage(a.s, 'compile').outputs.binary)).toBe(binary);
+      expect(str(stage(b.s, 'compile').outputs.binary)).toBe(binary);
+    },
+    COMPILE_TIMEOUT * 2,
+  );
 });
 
 describe('bad fragments', () => {
@@ -405,6 +429,23 @@ describe('bad fragments', () => {
     expect(cmds.some((x) => /^make -j/.test(x))).toBe(false);
     expect(await readdir(dirname(str(s.log)))).toEqual(['run.log']);
   });
+
+  it('a compile error: exit 1 with the first compiler error line and the log path; nothing cached', async () => {
+    // A fragment whose extra flags make the very first compile fail, as a broken toolchain would.
+    await writeFile(join(base, 'bad.fragment'), 'CONFIG_STATIC=y\nCONFIG_EXTRA_CFLAGS="-include /nonexistent/domu-missing.h"\n');
+    const cache = join(dir, 'cc-fail-cache');
+    const { r, s } = await build(cache, ['--config', join(base, 'guest.yaml')]);
+    expect(r.exitCode).toBe(1);
+    expect(s).toMatchObject({ ok: false, exitCode: 1 });
+    const first = r.stderr.split('\n').find((l) => l.startsWith('domu build: error: '));
+    expect(first).toMatch(/^domu build: error: busybox 1\.35\.0 failed to compile: .*fatal error: \/nonexistent\/domu-missing\.h: No such file or directory/);
+    const log = /hint: full log: (\S+)/.exec(r.stderr)?.[1];
+    expect(log, r.stderr).toBeDefined();
+    expect(await readFile(log!, 'utf8')).toMatch(/domu-missing\.h/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(statuses(s).at(-1)).toEqual(['compile', 'failed']);
+    expect(existsSync(join(cache, 'installs')) ? await readdir(join(cache, 'installs')) : []).toEqual([]);
+  }, COMPILE_TIMEOUT);
 
   it('a syntax error in the fragment: exit 2 with file:line before any stage runs', async () => {
     await writeFile(join(base, 'bad.fragment'), 'CONFIG_STATIC=y\n\nCONFIG_ECHO y\n');
