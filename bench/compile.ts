@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, type ExecEnv } from '../src/lib/exec.js';
+import { median, timed } from './stats.js';
 import { memoryLogger } from '../src/lib/log.js';
 import { projectPath } from '../src/lib/paths.js';
 import { COMPAT_HEADER } from '../src/pipeline/plan.js';
@@ -18,18 +19,7 @@ export interface CompileBenchResult {
   samples: { domu: number[]; shell: number[]; cached: number[] };
 }
 
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
-async function timed(env: ExecEnv, f: () => Promise<unknown>): Promise<number> {
-  await run(env, 'sync', []);
-  const t = performance.now();
-  await f();
-  return (performance.now() - t) / 1000;
-}
 
 export async function benchCompile(tarball: string, version: string, runs = 3, cachedRuns = 5): Promise<CompileBenchResult> {
   const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };

@@ -5,6 +5,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, type ExecEnv } from '../src/lib/exec.js';
+import { median, timed } from './stats.js';
 import { memoryLogger } from '../src/lib/log.js';
 import { safeExtract } from '../src/lib/tar.js';
 
@@ -20,19 +21,7 @@ export interface ExtractBenchResult {
   samples: { native: number[]; js: number[]; tar: number[] };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
-async function timed(env: ExecEnv, f: () => Promise<unknown>): Promise<number> {
-  // Let the previous round's writeback and deletions settle first, so no round pays for another.
-  await run(env, 'sync', []);
-  const t = performance.now();
-  await f();
-  return (performance.now() - t) / 1000;
-}
 
 export interface ExtractBenchOptions {
   /** How many of the runs also time the pure-JS decompressor (default: all). */

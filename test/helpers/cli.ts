@@ -21,3 +21,25 @@ export async function domu(args: string[], opts: { cwd?: string; env?: Record<st
   const r = await startDomu(args, opts);
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
+
+/** The JSON summary `--json` prints (the real types, loosely: outputs are whatever a stage reports). */
+export type { Summary } from '../../src/cli/summary.js';
+export type { StageRecord } from '../../src/pipeline/run.js';
+import type { Summary } from '../../src/cli/summary.js';
+import type { StageRecord } from '../../src/pipeline/run.js';
+
+/** `domu <args>` with --json among them: the result and its parsed summary. */
+export async function domuJson(args: string[]): Promise<{ r: CliResult; s: Summary & { log: string } }> {
+  const r = await domu(args);
+  try {
+    return { r, s: JSON.parse(r.stdout) as Summary & { log: string } };
+  } catch {
+    throw new Error(`no JSON summary on stdout (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
+  }
+}
+
+export function stage(s: Summary, name: string): StageRecord {
+  const st = s.stages.find((x) => x.name === name);
+  if (!st) throw new Error(`no ${name} stage in the summary: ${JSON.stringify(s.stages.map((x) => x.name))}`);
+  return st;
+}

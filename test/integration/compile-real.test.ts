@@ -11,28 +11,13 @@ import { readElfFile } from '../../src/lib/elf.js';
 import { sha256 } from '../../src/lib/hash.js';
 import { projectPath } from '../../src/lib/paths.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
-import { domu, type CliResult } from '../helpers/cli.js';
+import { domuJson, stage, type Summary } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 
 const COMPILE_TIMEOUT = 300_000;
 const COMPAT_HEADER = projectPath('busybox-config', 'compat', 'stime.h');
 const EM_X86_64 = 62;
 
-interface StageRecord {
-  name: string;
-  status: 'done' | 'cached' | 'failed' | 'skipped';
-  ms: number;
-  cacheHit: boolean;
-  outputs: Record<string, unknown>;
-  error?: string;
-}
-interface Summary {
-  ok: boolean;
-  exitCode: number;
-  error?: { message: string; hint?: string };
-  stages: StageRecord[];
-  log?: string;
-}
 interface Adjustment {
   symbol: string;
   value: string;
@@ -55,28 +40,16 @@ afterAll(async () => {
  * `domu build --json`, with a description of our own unless `extra` names one: the project's
  * guest.yaml is not read, so the defaults apply (with the project's busybox-config/static.fragment).
  */
-async function build(cache: string, extra: string[]): Promise<{ r: CliResult; s: Summary }> {
+async function build(cache: string, extra: string[]): ReturnType<typeof domuJson> {
   let config: string[] = [];
   if (!extra.includes('--config')) {
     const plain = join(dir, 'plain.yaml');
     await writeFile(plain, 'busybox:\n  version: 1.35.0\n');
     config = ['--config', plain];
   }
-  const r = await domu(['build', '--json', '--cache-dir', cache, '--busybox-version', '1.35.0', '--source', tarball, '--jobs', '2', ...config, ...extra]);
-  let s: Summary;
-  try {
-    s = JSON.parse(r.stdout) as Summary;
-  } catch {
-    throw new Error(`no JSON summary on stdout (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
-  }
-  return { r, s };
+  return domuJson(['build', '--json', '--cache-dir', cache, '--busybox-version', '1.35.0', '--source', tarball, '--jobs', '2', ...config, ...extra]);
 }
 
-function stage(s: Summary, name: string): StageRecord {
-  const st = s.stages.find((x) => x.name === name);
-  if (!st) throw new Error(`no ${name} stage in the summary: ${JSON.stringify(s.stages.map((x) => x.name))}`);
-  return st;
-}
 
 const statuses = (s: Summary) => s.stages.map((x) => [x.name, x.status]);
 const str = (v: unknown): string => {

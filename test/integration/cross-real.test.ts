@@ -9,25 +9,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readElfFile } from '../../src/lib/elf.js';
 import { which } from '../../src/lib/exec.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
-import { domu, type CliResult } from '../helpers/cli.js';
+import { domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 
 const PREFIX = 'aarch64-linux-gnu-';
 const EM_AARCH64 = 183;
 
-interface StageRecord {
-  name: string;
-  status: 'done' | 'cached' | 'failed' | 'skipped';
-  cacheHit: boolean;
-  outputs: Record<string, unknown>;
-}
-interface Summary {
-  ok: boolean;
-  exitCode: number;
-  error?: { message: string; hint?: string };
-  stages: StageRecord[];
-  log: string;
-}
 
 /** Why the cross build cannot be tested here, or undefined when it can. */
 async function crossMissing(): Promise<string | undefined> {
@@ -57,22 +44,10 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function build(cache: string, extra: string[]): Promise<{ r: CliResult; s: Summary }> {
-  const r = await domu(['build', '--json', '--config', join(dir, 'plain.yaml'), '--cache-dir', cache, '--source', tarball, '--jobs', '2', ...extra]);
-  let s: Summary;
-  try {
-    s = JSON.parse(r.stdout) as Summary;
-  } catch {
-    throw new Error(`no JSON summary on stdout (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
-  }
-  return { r, s };
+async function build(cache: string, extra: string[]): ReturnType<typeof domuJson> {
+  return domuJson(['build', '--json', '--config', join(dir, 'plain.yaml'), '--cache-dir', cache, '--source', tarball, '--jobs', '2', ...extra]);
 }
 
-function stage(s: Summary, name: string): StageRecord {
-  const st = s.stages.find((x) => x.name === name);
-  if (!st) throw new Error(`no ${name} stage in the summary: ${JSON.stringify(s.stages.map((x) => x.name))}`);
-  return st;
-}
 
 describe.skipIf(missing !== undefined)(missing ? `aarch64 cross build — SKIPPED: ${missing}; ${INSTALL}` : 'aarch64 cross build', () => {
   it(
