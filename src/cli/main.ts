@@ -9,6 +9,7 @@ import { defaultCacheDir } from '../pipeline/cache.js';
 import { planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../pipeline/schema.js';
+import { parseEpoch } from '../lib/epoch.js';
 import { doctor, formatDoctor } from './doctor.js';
 import { buildSummary, formatSummary, type Summary } from './summary.js';
 import { DOMU_VERSION } from './version.js';
@@ -28,6 +29,8 @@ interface CommonOpts {
   source?: string;
   sha256?: string;
   pureJs?: boolean;
+  populate?: string;
+  sourceDateEpoch?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -47,13 +50,16 @@ function withCommon(cmd: Command): Command {
     .option('--strict-version', 'never substitute another busybox version (fail instead)')
     .option('--source <path|url>', 'a busybox release tarball to use (tried before upstream)')
     .option('--sha256 <hash>', 'expected sha256 of the tarball (required for versions not in busybox-config/releases.hash)')
-    .option('--pure-js', 'decompress with unbzip2-stream instead of a native bzip2 child');
+    .option('--pure-js', 'decompress with unbzip2-stream instead of a native bzip2 child')
+    .addOption(new Option('--populate <how>', 'how files get into the image (image.populate)').choices(['auto', 'rootless', 'mount']))
+    .option('--source-date-epoch <seconds>', 'timestamp for everything in the image (default: $SOURCE_DATE_EPOCH, else the busybox release date)');
 }
 
 function overridesFrom(o: CommonOpts): Override[] {
   const out: Override[] = [];
   if (o.busyboxVersion !== undefined) out.push(flagOverride('--busybox-version', ['busybox', 'version'], o.busyboxVersion));
   if (o.libc !== undefined) out.push(flagOverride('--libc', ['busybox', 'libc'], o.libc));
+  if (o.populate !== undefined) out.push(flagOverride('--populate', ['image', 'populate'], o.populate));
   for (const s of o.set ?? []) out.push(parseSetFlag(s));
   return out;
 }
@@ -78,8 +84,16 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     pureJs: o.pureJs ?? false,
     noCache: !o.cache,
     jobs: o.jobs === undefined ? undefined : Number(o.jobs),
+    outDir: resolve(o.out),
+    sourceDateEpoch: epochFrom(o),
     baseDir: file === undefined ? undefined : dirname(resolve(file)),
   };
+}
+
+function epochFrom(o: CommonOpts): number | undefined {
+  if (o.sourceDateEpoch !== undefined) return parseEpoch(o.sourceDateEpoch, '--source-date-epoch');
+  const env = process.env.SOURCE_DATE_EPOCH;
+  return env ? parseEpoch(env, 'SOURCE_DATE_EPOCH') : undefined;
 }
 
 function outputMode(o: CommonOpts): OutputMode {

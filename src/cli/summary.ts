@@ -13,6 +13,7 @@ export interface Summary {
   versions: Record<string, unknown>;
   busybox?: Record<string, unknown>;
   notYetAvailable?: string[];
+  image?: Record<string, unknown>;
   log?: string;
 }
 
@@ -43,6 +44,7 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
       libc: plan.description.busybox.libc,
     },
     ...(busybox ? { busybox } : {}),
+    ...(plan.state.image ? { image: { ...plan.state.image } } : {}),
     ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
@@ -57,9 +59,16 @@ export function formatSummary(sum: Summary): string {
     lines.push(`  sha256  ${b.sha256}`);
     if (b.tree) lines.push(`  tree    ${b.tree}`);
   }
+  const img = sum.image as { path: string; apparentBytes: number; allocatedBytes: number; sha256: string; populate: string } | undefined;
+  if (img) {
+    const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+    lines.push(`image ${img.path}`);
+    lines.push(`  size    ${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (sparse; populated ${img.populate})`);
+    lines.push(`  sha256  ${img.sha256}`);
+  }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.notYetAvailable?.length) {
-    lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')} — no image was built`);
+    lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')}${img ? '' : ' — no image was built'}`);
   }
   if (sum.log) lines.push(`log: ${sum.log}`);
   return lines.join('\n');

@@ -1,12 +1,17 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2).
 import { existsSync, readFileSync } from 'node:fs';
-import { isAbsolute, resolve } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { errorMessage, InputError } from '../lib/errors.js';
 import { parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
 import { projectPath } from '../lib/paths.js';
 import { crossTarget } from '../lib/toolchain.js';
 import { compileStage, type CompileOutput } from '../stages/compile.js';
+import { imageStage, type ImageOutput } from '../stages/image.js';
+import { rootfsStage, type RootfsOutput } from '../stages/rootfs.js';
+import { newestMtime } from '../lib/epoch.js';
+import { parseDeviceTable } from '../lib/devtable.js';
 import { extractStage, type ExtractOutput } from '../stages/extract.js';
 import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/kconfig.js';
 import { expectedSha256, sourceStage, type SourceInput, type SourceOutput } from '../stages/source.js';
@@ -20,6 +25,10 @@ export interface PlanFlags {
   pureJs?: boolean;
   noCache?: boolean;
   jobs?: number | undefined;
+  /** --out: where the store-shaped tree is written. */
+  outDir?: string | undefined;
+  /** --source-date-epoch or $SOURCE_DATE_EPOCH; default: the newest mtime in the busybox tarball. */
+  sourceDateEpoch?: number | undefined;
   /** Directory of the description file: relative paths in it are resolved from there. */
   baseDir?: string | undefined;
 }
@@ -30,6 +39,8 @@ export interface PlanState {
   extract?: ExtractOutput;
   kconfig?: KconfigOutput;
   compile?: CompileOutput;
+  rootfs?: RootfsOutput;
+  image?: ImageOutput;
 }
 
 export interface Plan {
@@ -41,7 +52,7 @@ export interface Plan {
   notYetAvailable: string[];
 }
 
-export const LATER_STAGES = ['kernel', 'modules', 'initramfs', 'rootfs', 'image', 'xen configs', 'publish'];
+export const LATER_STAGES = ['kernel', 'modules', 'initramfs', 'xen configs', 'publish'];
 export const COMPAT_HEADER = projectPath('busybox-config', 'compat', 'stime.h');
 
 export function sourceInput(desc: Description, flags: PlanFlags): SourceInput {
@@ -205,6 +216,49 @@ function compileTask(flags: PlanFlags, state: PlanState): PipelineStage {
   };
 }
 
+function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  const skel = resolveDataPath(desc.image.skel, flags.baseDir, DEFAULTS.image.skel);
+  if (!existsSync(skel)) throw new InputError(`image.skel: no such directory ${skel}`, 'fix the path in the build description (relative paths start at its directory)');
+  // The device table lives beside the skel: <skel>/../rootfs-devices.txt for the default layout.
+  const deviceTable = resolve(skel, '..', 'rootfs-devices.txt');
+  let tableText: string;
+  try {
+    tableText = readFileSync(deviceTable, 'utf8');
+  } catch {
+    throw new InputError(`the device table ${deviceTable} (beside image.skel) cannot be read`, 'copy rootfs-devices.txt from domu-builder next to your skel directory');
+  }
+  parseDeviceTable(tableText, deviceTable); // plan-time: a bad line is exit 2 before any stage
+  return {
+    name: 'rootfs',
+    title: 'Assemble the root file system',
+    run: async (ctx) => {
+      const r = await rootfsStage({ installTree: state.compile!.installTree, skel, deviceTable, guest: desc.guest }, ctx);
+      state.rootfs = r;
+      return { cacheHit: false, note: `${r.files} files, ${r.symlinks} links, ${r.devices.length} device nodes`, outputs: { ...r } };
+    },
+  };
+}
+
+function imageTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  const output = resolve(flags.outDir ?? 'out', desc.image.file);
+  return {
+    name: 'image',
+    title: `Build the ext4 image ${desc.image.file}`,
+    run: async (ctx) => {
+      const r = state.rootfs!;
+      const sourceDateEpoch = flags.sourceDateEpoch ?? (await newestMtime(state.extract!.tree));
+      await mkdir(dirname(output), { recursive: true });
+      const img = await imageStage(
+        { staging: r.staging, devices: r.devices, output, size: desc.image.size, label: desc.guest.name, populate: desc.image.populate, sourceDateEpoch, contentHash: r.contentHash },
+        ctx,
+      );
+      state.image = img;
+      const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+      return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch } };
+    },
+  };
+}
+
 export function planFetch(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
@@ -216,7 +270,14 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
     command: 'build',
     description,
     state,
-    stages: [sourceTask(description, flags, state), extractTask(flags, state), kconfigTask(description, flags, state), compileTask(flags, state)],
+    stages: [
+      sourceTask(description, flags, state),
+      extractTask(flags, state),
+      kconfigTask(description, flags, state),
+      compileTask(flags, state),
+      rootfsTask(description, flags, state),
+      imageTask(description, flags, state),
+    ],
     notYetAvailable: LATER_STAGES,
   };
 }
