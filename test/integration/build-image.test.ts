@@ -1,0 +1,144 @@
+// `domu build` to an image, for real: busybox 1.35.0 compiled once for this file, then the
+// rootfs and image stages through the CLI, checked with debugfs, e2fsck and losetup.
+import { randomBytes } from 'node:crypto';
+import { cp, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import { listImage, type ImageEntry } from '../../src/lib/e2fs.js';
+import { memoryLogger } from '../../src/lib/log.js';
+import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
+import { domuJson, stage, startDomu } from '../helpers/cli.js';
+import { tempDir } from '../helpers/context.js';
+
+const env = { log: memoryLogger(), signal: new AbortController().signal };
+const isRoot = process.getuid?.() === 0;
+let dir: string;
+let cache: string;
+let tarball: string;
+let plain: string;
+
+beforeAll(async () => {
+  tarball = await getBusyboxTarball();
+  dir = await tempDir('domu-build-image-');
+  cache = join(dir, 'cache');
+  plain = join(dir, 'guest.yaml');
+  await writeFile(plain, 'busybox:\n  version: 1.35.0\n');
+});
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const build = (out: string, extra: string[] = [], config = plain) =>
+  domuJson(['build', '--json', '--config', config, '--cache-dir', cache, '--source', tarball, '--jobs', '2', '--out', out, ...extra]);
+
+const byPath = (entries: ImageEntry[]) => new Map(entries.map((e) => [e.path, e]));
+const TYPE = 0o170000;
+
+describe('the default guest image', () => {
+  let first: Awaited<ReturnType<typeof build>>;
+  let image: string;
+
+  it('builds a sparse 1 GiB ext4 image with the designed layout, all root:root', async () => {
+    first = await build(join(dir, 'out1'));
+    expect(first.r.exitCode, first.r.stderr).toBe(0);
+    image = join(dir, 'out1', 'busybox.img');
+    const img = stage(first.s, 'image').outputs;
+    expect(img).toMatchObject({ path: image, apparentBytes: 1 << 30, populate: 'rootless', reproducible: true });
+    const st = await stat(image);
+    expect(st.size).toBe(1 << 30);
+    expect(st.blocks * 512).toBeLessThanOrEqual(40 * 1048576);
+    expect(img.allocatedBytes).toBe(st.blocks * 512);
+
+    await execa('e2fsck', ['-fn', image]); // throws on anything but clean
+    const entries = byPath(await listImage(env, image));
+    const top = [...entries.keys()].filter((p) => /^\/[^/]+$/.test(p)).sort();
+    expect(top).toEqual(['/bin', '/boot', '/dev', '/etc', '/lib', '/lost+found', '/media', '/misc', '/mnt', '/opt', '/proc', '/root', '/sbin', '/sys', '/tmp', '/usr']);
+    expect(entries.has('/linuxrc')).toBe(false);
+    expect(entries.get('/lib/modules')?.mode).toBe(0o040755);
+    expect(entries.get('/tmp')?.mode).toBe(0o041777);
+    expect(entries.get('/bin/busybox')!.mode & 0o7777 & 0o111).toBe(0o111);
+    expect(entries.get('/bin/busybox')!.mode & TYPE).toBe(0o100000);
+    expect(entries.get('/bin/sh')!.mode & TYPE).toBe(0o120000);
+    expect(entries.get('/etc/rc.d/rcS')!.mode & 0o111).toBe(0o111);
+    for (const [path, e] of entries) {
+      expect([e.uid, e.gid], path).toEqual([0, 0]);
+    }
+    const dev = (p: string) => entries.get(p)!;
+    expect(dev('/dev/console').mode).toBe(0o020600);
+    expect(dev('/dev/xvda').mode).toBe(0o060660);
+    const stat1 = (await execa('debugfs', ['-R', 'stat /dev/xvda1', image])).stdout;
+    expect(stat1).toMatch(/Type: block/);
+    expect(stat1).toMatch(/Device major\/minor number: 202:1 /);
+    const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', image])).stdout.trim();
+    expect(hostname).toBe('busybox');
+  }, 300_000);
+
+  it('a second build of the same inputs is byte-identical (rootless)', async () => {
+    const again = await build(join(dir, 'out2'));
+    expect(again.r.exitCode, again.r.stderr).toBe(0);
+    expect(stage(again.s, 'compile').cacheHit).toBe(true);
+    expect(stage(again.s, 'image').outputs.sha256).toBe(stage(first.s, 'image').outputs.sha256);
+  }, 120_000);
+
+  it.skipIf(!isRoot)('loop-mount population holds the same files, modes and link targets (needs root)', async () => {
+    const m = await build(join(dir, 'out-mount'), ['--populate', 'mount']);
+    expect(m.r.exitCode, m.r.stderr).toBe(0);
+    expect(stage(m.s, 'image').outputs).toMatchObject({ populate: 'mount', reproducible: false });
+    const mountImage = join(dir, 'out-mount', 'busybox.img');
+    await execa('e2fsck', ['-fn', mountImage]);
+    const a = byPath(await listImage(env, image));
+    const b = byPath(await listImage(env, mountImage));
+    const shape = (m: Map<string, ImageEntry>) =>
+      [...m.values()].filter((e) => e.path !== '/lost+found').map((e) => [e.path, e.mode, e.uid, e.gid, (e.mode & TYPE) === 0o040000 ? 0 : e.size]).sort();
+    expect(shape(b)).toEqual(shape(a));
+    for (const link of ['/bin/sh', '/sbin/init', '/usr/bin/env']) {
+      const target = async (img: string) => (await execa('debugfs', ['-R', `stat ${link}`, img])).stdout.match(/Fast link dest: "([^"]*)"/)?.[1];
+      expect(await target(mountImage), link).toBe(await target(image));
+    }
+  }, 300_000);
+});
+
+describe('interrupted while populating', () => {
+  it.skipIf(!isRoot)('SIGTERM leaves no mount, no loop device, no new file, and the previous image intact; the next run succeeds', async () => {
+    // A skel with a large file makes population take long enough to be interrupted.
+    const lab = join(dir, 'lab');
+    await cp(join(PROJECT_ROOT, 'rootfs-skel'), join(lab, 'rootfs-skel'), { recursive: true });
+    await cp(join(PROJECT_ROOT, 'rootfs-devices.txt'), join(lab, 'rootfs-devices.txt'));
+    await mkdir(join(lab, 'rootfs-skel', 'opt'), { recursive: true });
+    const big = join(lab, 'rootfs-skel', 'opt', 'payload.bin');
+    for (let i = 0; i < 12; i++) await writeFile(big, randomBytes(16 << 20), { flag: i ? 'a' : 'w' });
+    const guest = join(lab, 'guest.yaml');
+    await writeFile(guest, 'busybox:\n  version: 1.35.0\nimage:\n  skel: rootfs-skel\n  populate: mount\n');
+    const out = join(dir, 'out-term');
+    await mkdir(out, { recursive: true });
+    const previous = join(out, 'busybox.img');
+    await writeFile(previous, 'the image published before');
+
+    const child = startDomu(['build', '--config', guest, '--cache-dir', cache, '--source', tarball, '--jobs', '2', '--out', out]);
+    let sent = false;
+    child.stdout?.on('data', (chunk: Buffer) => {
+      if (!sent && /populating .* \(mount\)/.test(chunk.toString())) {
+        sent = true;
+        child.kill('SIGTERM');
+      }
+    });
+    const r = await child;
+    expect(sent, String(r.stdout)).toBe(true);
+    expect(r.exitCode, String(r.stderr)).toBe(143);
+    expect(String(r.stderr)).toMatch(/interrupted by SIGTERM/);
+    const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+    expect(mounts).not.toMatch(/domu-mnt|\.tmp-busybox\.img/);
+    const loops = (await execa('losetup', ['-a'])).stdout;
+    expect(loops).not.toContain(out);
+    expect(await readdir(out)).toEqual(['busybox.img']);
+    expect(await readFile(previous, 'utf8')).toBe('the image published before');
+
+    const next = await domuJson(['build', '--json', '--config', guest, '--cache-dir', cache, '--source', tarball, '--jobs', '2', '--out', out]);
+    expect(next.r.exitCode, next.r.stderr).toBe(0);
+    expect((await stat(previous)).size).toBe(1 << 30);
+    expect(existsSync(join(out, 'busybox.img'))).toBe(true);
+  }, 300_000);
+});
