@@ -145,8 +145,9 @@ export async function benchImage(staging: string, runs = 5, opts: ImageBenchOpti
   };
 }
 
-async function main(): Promise<void> {
-  let staging = process.argv[2];
+/** Print the image benchmark for `staging` (default: a busybox-like tree made for the run). */
+export async function reportImageBench(stagingDir?: string): Promise<void> {
+  let staging = stagingDir;
   let scratch: string | undefined;
   if (!staging) {
     scratch = await mkdtemp(join(tmpdir(), 'domu-bench-tree-'));
@@ -171,7 +172,7 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((e: unknown) => {
+  reportImageBench(process.argv[2]).catch((e: unknown) => {
     console.error(e instanceof Error ? e.message : e);
     process.exitCode = 1;
   });
