@@ -32,6 +32,8 @@ export const VERSION_ARGS: Record<string, string[]> = {
   mke2fs: ['-V'],
   debugfs: ['-V'],
   e2fsck: ['-V'],
+  dumpe2fs: ['-V'],
+  filefrag: ['-V'],
   bzip2: ['--help'],
   'apt-get': ['--version'],
 };
