@@ -4,7 +4,8 @@
 // create nodes without privileges, so the table travels as data to the image stage.
 import { InputError } from './errors.js';
 
-export interface DeviceNode {
+/** A device node to create in the guest (the image stage and debugfs take this shape). */
+export interface DeviceSpec {
   /** Absolute in the guest, e.g. /dev/console. */
   path: string;
   /** Character or block device. */
@@ -15,6 +16,10 @@ export interface DeviceNode {
   gid: number;
   major: number;
   minor: number;
+}
+
+/** A node as read from the table. */
+export interface DeviceNode extends DeviceSpec {
   /** Line of the table it came from (1-based). */
   line: number;
 }

@@ -1,6 +1,7 @@
 // e2fsprogs helpers for the image stage: what mke2fs can do, debugfs scripts (and their quoting),
 // `e2fsck -fn`, `dumpe2fs -h`, the layout mke2fs would choose (`mke2fs -n`), deterministic UUIDs
 // and debugfs listings. Every program runs through exec.run (argument arrays, no shell).
+import type { DeviceSpec } from './devtable.js';
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import { abortError, DomuError, errorMessage } from './errors.js';
@@ -97,17 +98,8 @@ export function debugfsQuote(path: string): string {
   return `"${path}"`;
 }
 
-export interface DebugfsDevice {
-  /** Absolute path in the image, e.g. /dev/console. */
-  path: string;
-  type: 'c' | 'b';
-  /** Permission bits (and setuid/setgid/sticky); the type bits are added here. */
-  mode: number;
-  uid: number;
-  gid: number;
-  major: number;
-  minor: number;
-}
+/** A device node for the debugfs script; the type bits are added to `mode` here. */
+export type DebugfsDevice = DeviceSpec;
 
 export interface FixupScriptInput {
   /** Directories to create first (absolute, parents before children), e.g. /dev when the tree has none. */

@@ -40,20 +40,11 @@ import { abortError, AbortedError, DomuError, errorMessage, InputError } from '.
 import { run, type ExecEnv } from '../lib/exec.js';
 import { formatSize } from '../lib/size.js';
 import { tempPathFor } from '../lib/atomic.js';
+import type { DeviceSpec } from '../lib/devtable.js';
 import type { StageContext } from '../pipeline/context.js';
 
-/** A device node to create in the image (same shape as src/lib/devtable.ts's DeviceNode). */
-export interface DeviceNode {
-  /** Absolute path in the image, e.g. /dev/console. */
-  path: string;
-  type: 'c' | 'b';
-  /** Permission bits, e.g. 0o600. */
-  mode: number;
-  uid: number;
-  gid: number;
-  major: number;
-  minor: number;
-}
+/** A device node to create in the image. */
+export type DeviceNode = DeviceSpec;
 
 export type PopulateMode = 'auto' | 'rootless' | 'mount';
 
