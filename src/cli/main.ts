@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
 import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
 import { defaultCacheDir } from '../pipeline/cache.js';
-import { planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
+import { BUILD_STAGES, planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../pipeline/schema.js';
 import { parseEpoch } from '../lib/epoch.js';
@@ -31,6 +31,7 @@ interface CommonOpts {
   pureJs?: boolean;
   populate?: string;
   sourceDateEpoch?: string;
+  until?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -85,6 +86,7 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     noCache: !o.cache,
     jobs: o.jobs === undefined ? undefined : Number(o.jobs),
     outDir: resolve(o.out),
+    until: o.until,
     sourceDateEpoch: epochFrom(o),
     baseDir: file === undefined ? undefined : dirname(resolve(file)),
   };
@@ -183,7 +185,9 @@ export function program(): Command {
     .version(DOMU_VERSION, '-V, --version')
     .showHelpAfterError('(run `domu --help` for usage)')
     .exitOverride();
-  withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)')).action(pipelineCommand('build', planBuild));
+  withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)'))
+    .option('--until <stage>', `stop after this stage (${BUILD_STAGES.join(', ')})`)
+    .action(pipelineCommand('build', planBuild));
   withCommon(p.command('fetch').description('source stage only: obtain and verify the busybox tarball; print its path and sha256')).action(pipelineCommand('fetch', planFetch));
   p.command('doctor')
     .description('check the programs the pipeline needs and say what to install')

@@ -72,10 +72,15 @@ export function systemDebianEntries(etc = '/etc/apt'): AptSourceEntry[] {
 }
 
 export function renderDebSrc(entries: AptSourceEntry[]): string {
+  return renderSources(entries, 'deb-src');
+}
+
+/** deb822 sources text of `type` (binary `deb` or source `deb-src`) for the given entries. */
+export function renderSources(entries: AptSourceEntry[], type: AptSourceType): string {
   return entries
     .map((e) =>
       [
-        'Types: deb-src',
+        `Types: ${type}`,
         `URIs: ${e.uris.join(' ')}`,
         `Suites: ${e.suites.join(' ')}`,
         `Components: ${(e.components.length ? e.components : ['main']).join(' ')}`,
@@ -92,17 +97,25 @@ export interface PrivateApt {
   options: string[];
 }
 
+export type AptSourceType = 'deb' | 'deb-src';
+
+export interface PrivateAptOptions {
+  /** `deb-src` (default: source packages) or `deb` (binary packages, e.g. the kernel). */
+  types?: AptSourceType;
+}
+
 /** Create a private apt configuration in `dir` (a scratch directory owned by the run). */
-export async function makePrivateApt(dir: string, etc = '/etc/apt'): Promise<PrivateApt> {
+export async function makePrivateApt(dir: string, etc = '/etc/apt', opts: PrivateAptOptions = {}): Promise<PrivateApt> {
+  const type = opts.types ?? 'deb-src';
   const entries = systemDebianEntries(etc);
   if (!entries.length) {
     throw new DomuError(`no Debian archive entry found in ${etc}/sources.list or sources.list.d`, {
       hint: 'the distribution fallback needs a Debian apt source; or pass --source PATH|URL',
     });
   }
-  const sources = join(dir, 'deb-src.sources');
+  const sources = join(dir, `${type}.sources`);
   for (const d of ['parts', 'lists/partial', 'cache/archives/partial']) await mkdir(join(dir, d), { recursive: true });
-  await writeFile(sources, renderDebSrc(entries));
+  await writeFile(sources, renderSources(entries, type));
   const options = [
     `Dir::Etc::SourceList=${sources}`,
     `Dir::Etc::SourceParts=${join(dir, 'parts')}`,
@@ -165,5 +178,48 @@ export async function downloadOrigTarball(env: ExecEnv, apt: PrivateApt, sv: Sou
   const name = sv.orig?.name;
   const found = name && existsSync(join(destDir, name)) ? name : readdirSync(destDir).find((n) => /\.orig\.tar\.\w+$/.test(n));
   if (!found) throw new DomuError(`apt-get source ${sv.package}=${sv.version} gave no orig tarball in ${destDir}`);
+  return join(destDir, found);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary packages (a private `deb` configuration): resolve, then download without installing.
+
+/** The candidate version of `pkg` (`apt-cache policy`), or undefined when apt knows none. */
+export async function candidateVersion(env: ExecEnv, apt: PrivateApt, pkg: string): Promise<string | undefined> {
+  const r = await run(env, 'apt-cache', [...apt.options, 'policy', pkg], { quiet: true });
+  const v = /^\s*Candidate:\s*(\S+)/m.exec(r.stdout)?.[1];
+  return v && v !== '(none)' ? v : undefined;
+}
+
+/** The fields of the `apt-cache show pkg=version` stanza (continuation lines joined with \n). */
+export async function showPackage(env: ExecEnv, apt: PrivateApt, pkg: string, version: string): Promise<Record<string, string>> {
+  const r = await run(env, 'apt-cache', [...apt.options, 'show', `${pkg}=${version}`], { quiet: true });
+  const stanza = r.stdout.split(/\n\s*\n/)[0] ?? '';
+  const fields: Record<string, string> = {};
+  let last = '';
+  for (const line of stanza.split('\n')) {
+    if (/^\s/.test(line) && last) fields[last] = `${fields[last]}\n${line.trim()}`;
+    else {
+      const m = /^([A-Za-z0-9-]+):\s*(.*)$/.exec(line);
+      if (m) fields[(last = m[1]!)] = m[2]!;
+    }
+  }
+  return fields;
+}
+
+/** The package names of a Depends/Pre-Depends value (first alternative of each, no versions). */
+export function dependsNames(value: string | undefined): string[] {
+  if (!value) return [];
+  return value
+    .split(',')
+    .map((d) => d.split('|')[0]!.trim().split(/[\s(:]/)[0]!)
+    .filter(Boolean);
+}
+
+/** `apt-get download pkg=version` into `destDir`; returns the .deb's path. Nothing is installed. */
+export async function downloadPackage(env: ExecEnv, apt: PrivateApt, pkg: string, version: string, destDir: string): Promise<string> {
+  await run(env, 'apt-get', [...apt.options, '-q', 'download', `${pkg}=${version}`], { cwd: destDir, timeoutMs: 900_000 });
+  const found = readdirSync(destDir).find((n) => n.startsWith(`${pkg}_`) && n.endsWith('.deb'));
+  if (!found) throw new DomuError(`apt-get download ${pkg}=${version} gave no .deb in ${destDir}`);
   return join(destDir, found);
 }

@@ -1,7 +1,7 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2).
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { errorMessage, InputError } from '../lib/errors.js';
 import { parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
@@ -29,6 +29,8 @@ export interface PlanFlags {
   outDir?: string | undefined;
   /** --source-date-epoch or $SOURCE_DATE_EPOCH; default: the newest mtime in the busybox tarball. */
   sourceDateEpoch?: number | undefined;
+  /** --until: stop after this stage. */
+  until?: string | undefined;
   /** Directory of the description file: relative paths in it are resolved from there. */
   baseDir?: string | undefined;
 }
@@ -253,6 +255,7 @@ function imageTask(desc: Description, flags: PlanFlags, state: PlanState): Pipel
         ctx,
       );
       state.image = img;
+      await rm(r.staging, { recursive: true, force: true }); // its content is in the image now
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
       return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch } };
     },
@@ -264,20 +267,27 @@ export function planFetch(description: Description, flags: PlanFlags): Plan {
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
 }
 
+export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'rootfs', 'image'] as const;
+
 export function planBuild(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
+  const last = flags.until === undefined ? BUILD_STAGES.length - 1 : BUILD_STAGES.indexOf(flags.until as (typeof BUILD_STAGES)[number]);
+  if (last < 0) throw new InputError(`--until ${flags.until}: no such stage`, `use one of ${BUILD_STAGES.join(', ')}`);
+  // Only the stages that will run are planned (and checked): --until compile needs no skel.
+  const builders = [
+    () => sourceTask(description, flags, state),
+    () => extractTask(flags, state),
+    () => kconfigTask(description, flags, state),
+    () => compileTask(flags, state),
+    () => rootfsTask(description, flags, state),
+    () => imageTask(description, flags, state),
+  ];
   return {
     command: 'build',
     description,
     state,
-    stages: [
-      sourceTask(description, flags, state),
-      extractTask(flags, state),
-      kconfigTask(description, flags, state),
-      compileTask(flags, state),
-      rootfsTask(description, flags, state),
-      imageTask(description, flags, state),
-    ],
-    notYetAvailable: LATER_STAGES,
+    stages: builders.slice(0, last + 1).map((b) => b()),
+    notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
   };
 }
+

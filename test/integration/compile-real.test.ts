@@ -47,7 +47,7 @@ async function build(cache: string, extra: string[]): ReturnType<typeof domuJson
     await writeFile(plain, 'busybox:\n  version: 1.35.0\n');
     config = ['--config', plain];
   }
-  return domuJson(['build', '--json', '--cache-dir', cache, '--busybox-version', '1.35.0', '--source', tarball, '--jobs', '2', ...config, ...extra]);
+  return domuJson(['build', '--json', '--until', 'compile', '--out', join(dir, 'out'), '--cache-dir', cache, '--busybox-version', '1.35.0', '--source', tarball, '--jobs', '2', ...config, ...extra]);
 }
 
 

@@ -45,7 +45,7 @@ afterAll(async () => {
 });
 
 async function build(cache: string, extra: string[]): ReturnType<typeof domuJson> {
-  return domuJson(['build', '--json', '--config', join(dir, 'plain.yaml'), '--cache-dir', cache, '--source', tarball, '--jobs', '2', ...extra]);
+  return domuJson(['build', '--json', '--until', 'compile', '--out', join(dir, 'out'), '--config', join(dir, 'plain.yaml'), '--cache-dir', cache, '--source', tarball, '--jobs', '2', ...extra]);
 }
 
 

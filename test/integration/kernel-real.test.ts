@@ -1,0 +1,234 @@
+// The real Debian kernel: linux-image-amd64 resolved through a private binary apt configuration,
+// downloaded and unpacked into the shared test cache (about 70 MB the first time on a machine).
+// Checks the release agreement (bzImage header = modules directory), the cache hit without apt,
+// that the system's apt configuration and state are untouched, and our .modinfo reader against
+// kmod's `modinfo -F` on 50 modules chosen with a fixed seed, plain and xz/zstd-compressed.
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
+import { copyFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { basename, join, relative } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DomuError } from '../../src/lib/errors.js';
+import { run, type ExecEnv } from '../../src/lib/exec.js';
+import { fetchKernelPackage, kernelReleaseFromImage, type KernelPackage } from '../../src/lib/kernel.js';
+import { memoryLogger } from '../../src/lib/log.js';
+import { readModinfo, type ModuleInfo } from '../../src/lib/modinfo.js';
+import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
+import { makeTestContext, tempDir } from '../helpers/context.js';
+import { getKernelPackage, TEST_KERNEL_PACKAGE } from '../helpers/kernel-package.js';
+
+const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
+
+/** Every path under `root` with its size and mtime (lstat, symlinks not followed). */
+function snapshot(root: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!existsSync(root)) return out;
+  const walk = (d: string) => {
+    for (const n of readdirSync(d).sort()) {
+      const p = join(d, n);
+      const st = lstatSync(p);
+      out[relative(root, p)] = `${st.mode}:${st.size}:${st.mtimeMs}`;
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(root);
+  return out;
+}
+
+/** A small deterministic PRNG (mulberry32), so the sample of modules is the same on every run. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function listModules(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile() && /\.ko(\.(xz|zst|gz))?$/.test(e.name))
+    .map((e) => join(e.parentPath, e.name))
+    .sort();
+}
+
+/** kmod's view of one field: `modinfo -F field file`, one value per line. */
+async function kmodField(file: string, field: string): Promise<string[]> {
+  const r = await run(env, 'modinfo', ['-F', field, file], { quiet: true });
+  return r.stdout === '' ? [] : r.stdout.split('\n');
+}
+
+async function expectSameAsKmod(file: string, info: ModuleInfo): Promise<void> {
+  const [name, depends, vermagic, alias] = await Promise.all([kmodField(file, 'name'), kmodField(file, 'depends'), kmodField(file, 'vermagic'), kmodField(file, 'alias')]);
+  expect(name, `${file}: name`).toEqual([info.name]);
+  expect(depends.join(','), `${file}: depends`).toBe(info.depends.join(','));
+  expect(vermagic, `${file}: vermagic`).toEqual([info.vermagic]);
+  expect(alias, `${file}: alias`).toEqual(info.aliases);
+}
+
+let kernel: KernelPackage;
+let modules: string[];
+const systemAptBefore = { etc: {} as Record<string, string>, lists: {} as Record<string, string> };
+let resolveLines: string[] = [];
+
+beforeAll(async () => {
+  systemAptBefore.etc = snapshot('/etc/apt');
+  systemAptBefore.lists = snapshot('/var/lib/apt/lists');
+  kernel = await getKernelPackage();
+  // Resolve through apt once for real in this file (the package itself is usually cached
+  // already): drop the memo so that apt-get update and apt-cache run with the private options.
+  await rm(join(TEST_CACHE_DIR, 'kernel-memos', `${TEST_KERNEL_PACKAGE}.json`), { force: true });
+  const ctx = await makeTestContext({ cacheDir: TEST_CACHE_DIR });
+  try {
+    const again = await fetchKernelPackage(ctx, { package: TEST_KERNEL_PACKAGE });
+    expect(again).toEqual(kernel);
+    resolveLines = [...ctx.lines];
+  } finally {
+    await ctx.dispose();
+  }
+  modules = await listModules(kernel.modules);
+});
+
+describe('fetchKernelPackage (real Debian linux-image-amd64)', () => {
+  it('gives an image and modules of the same release', async () => {
+    expect(kernel.release).toMatch(/^6\.1\.0-\d+-amd64$/);
+    expect(kernel.package).toBe(`linux-image-${kernel.release}`);
+    expect(basename(kernel.modules)).toBe(kernel.release);
+    expect(basename(kernel.image)).toBe(`vmlinuz-${kernel.release}`);
+    expect(await kernelReleaseFromImage(kernel.image)).toBe(kernel.release);
+    expect(existsSync(join(kernel.root, 'boot', `config-${kernel.release}`))).toBe(true);
+    expect(modules.length).toBeGreaterThan(3000);
+  });
+
+  it('resolved through the private apt configuration and left the system apt untouched', () => {
+    const apt = resolveLines.filter((l) => /\$ apt-(get|cache) /.test(l));
+    expect(apt.some((l) => l.includes(' update'))).toBe(true);
+    for (const l of apt) expect(l, l).toContain(`Dir::State::Lists=${TEST_CACHE_DIR}`);
+    expect(snapshot('/etc/apt')).toEqual(systemAptBefore.etc);
+    expect(snapshot('/var/lib/apt/lists')).toEqual(systemAptBefore.lists);
+  });
+
+  it('a second call is a cache hit: no apt-get or apt-cache runs', async () => {
+    const ctx = await makeTestContext({ cacheDir: TEST_CACHE_DIR });
+    try {
+      const t = Date.now();
+      const again = await fetchKernelPackage(ctx, { package: TEST_KERNEL_PACKAGE });
+      expect(again).toEqual(kernel);
+      expect(ctx.lines.filter((l) => /\$ (apt-get|apt-cache|dpkg-deb) /.test(l))).toEqual([]);
+      expect(Date.now() - t).toBeLessThan(5000);
+    } finally {
+      await ctx.dispose();
+    }
+  });
+});
+
+describe('readModinfo against kmod modinfo', () => {
+  it('agrees on name, depends, vermagic and alias for 50 modules chosen with a fixed seed', async () => {
+    const rand = mulberry32(20240601);
+    const pool = [...modules];
+    const sample: string[] = [];
+    while (sample.length < 50 && pool.length) sample.push(pool.splice(Math.floor(rand() * pool.length), 1)[0]!);
+    for (const file of sample) {
+      const info = await readModinfo(file, env);
+      expect(info.release, file).toBe(kernel.release);
+      await expectSameAsKmod(file, info);
+    }
+  });
+
+  it('xen-netfront: no depends, name xen_netfront, aliases xennet and xen:vif', async () => {
+    const info = await readModinfo(join(kernel.modules, 'kernel/drivers/net/xen-netfront.ko'), env);
+    expect(info.depends).toEqual([]);
+    expect(info.name).toBe('xen_netfront');
+    expect(info.aliases).toEqual(expect.arrayContaining(['xennet', 'xen:vif']));
+    expect(info.intree).toBe(true);
+  });
+
+  it('ext4: depends jbd2, mbcache, crc16 and softdep pre crypto-crc32c', async () => {
+    const info = await readModinfo(join(kernel.modules, 'kernel/fs/ext4/ext4.ko'), env);
+    expect(info.depends).toEqual(['jbd2', 'mbcache', 'crc16']);
+    expect(info.softdepPre).toEqual(['crypto-crc32c']);
+    expect(info.softdepPost).toEqual([]);
+    expect(info.license).toBe('GPL');
+  });
+
+  describe('compressed copies', () => {
+    let dir: string;
+    const picks = ['kernel/fs/ext4/ext4.ko', 'kernel/drivers/net/xen-netfront.ko', 'kernel/drivers/block/xen-blkfront.ko', 'kernel/fs/jbd2/jbd2.ko', 'kernel/drivers/block/virtio_blk.ko'];
+    beforeAll(async () => {
+      dir = await tempDir('domu-kmod-');
+      for (const rel of picks) {
+        const copy = join(dir, basename(rel));
+        await copyFile(join(kernel.modules, rel), copy);
+        await run(env, 'xz', ['-k', copy]);
+        await run(env, 'zstd', ['-q', copy]);
+      }
+    });
+    afterAll(async () => {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    it.each(picks)('%s: .ko.xz and .ko.zst read like the plain module and like kmod', async (rel) => {
+      const plain = await readModinfo(join(kernel.modules, rel), env);
+      for (const ext of ['xz', 'zst']) {
+        const file = join(dir, `${basename(rel)}.${ext}`);
+        const info = await readModinfo(file, env);
+        expect({ ...info, file: '' }).toEqual({ ...plain, file: '' });
+        await expectSameAsKmod(file, info); // Debian's kmod 30 is built +XZ +ZSTD
+      }
+    });
+  });
+});
+
+describe('kernelReleaseFromImage on broken input', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await tempDir('domu-bzimage-');
+  });
+  afterAll(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  const fails = async (file: string, message: RegExp) => {
+    const e: unknown = await kernelReleaseFromImage(file).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(DomuError);
+    expect((e as Error).message).toContain(file);
+    expect((e as Error).message).toMatch(message);
+  };
+
+  it('rejects a file that is not a bzImage', async () => {
+    const f = join(dir, 'notkernel');
+    await writeFile(f, Buffer.alloc(4096, 1));
+    await fails(f, /not an x86 bzImage/);
+  });
+
+  it('rejects a truncated header', async () => {
+    const f = join(dir, 'short');
+    await writeFile(f, Buffer.alloc(100));
+    await fails(f, /truncated/);
+  });
+
+  it('rejects a header whose version string runs past the end of the file', async () => {
+    const f = join(dir, 'cut');
+    const buf = Buffer.alloc(0x400);
+    buf.writeUInt16LE(0xaa55, 0x1fe);
+    buf.write('HdrS', 0x202, 'latin1');
+    buf.writeUInt16LE(0x20f, 0x206);
+    buf.writeUInt16LE(0x1f0, 0x20e); // string at 0x3f0, 16 bytes before the end
+    buf.fill(0x41, 0x3f0);
+    await writeFile(f, buf);
+    await fails(f, /not NUL-terminated/);
+  });
+
+  it('reads a synthetic header', async () => {
+    const f = join(dir, 'synthetic');
+    const buf = Buffer.alloc(0x400);
+    buf.writeUInt16LE(0xaa55, 0x1fe);
+    buf.write('HdrS', 0x202, 'latin1');
+    buf.writeUInt16LE(0x20f, 0x206);
+    buf.writeUInt16LE(0x100, 0x20e);
+    buf.write('6.1.0-7-amd64 (debian-kernel@lists.debian.org) #1 SMP\0', 0x300, 'latin1');
+    await writeFile(f, buf);
+    expect(await kernelReleaseFromImage(f)).toBe('6.1.0-7-amd64');
+  });
+});
