@@ -3,7 +3,8 @@
 .PHONY: all setup image test bench typecheck clean
 
 # Packages only the tests need on top of the product's own list (scripts/debian-packages.txt).
-TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+# kmod: the tests compare our .modinfo reader with kmod's modinfo.
+TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross kmod
 
 all: image
 
