@@ -3,10 +3,9 @@
 // test files of one machine, so that it is downloaded once.
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Cache } from '../../src/pipeline/cache.js';
 import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import { memoryLogger } from '../../src/lib/log.js';
 import { sourceStage } from '../../src/stages/source.js';
+import { sharedStageContext } from './context.js';
 
 export const TEST_CACHE_DIR = process.env.DOMU_TEST_CACHE ?? join(tmpdir(), 'domu-test-cache');
 export const BUSYBOX_1_35_SHA256 = 'faeeb244c35a348a334f4a59e44626ee870fb07b6884d68c10ae8bc19f83a694';
@@ -19,14 +18,7 @@ export function getBusyboxTarball(): Promise<string> {
     try {
       const out = await sourceStage(
         { version: '1.35.0', mirrors: [], fallback: 'distro', strictVersion: true },
-        {
-          workDir: join(TEST_CACHE_DIR, 'work'),
-          log: memoryLogger(),
-          signal: new AbortController().signal,
-          cleanup,
-          cache: new Cache(TEST_CACHE_DIR),
-          progress: () => {},
-        },
+        sharedStageContext(TEST_CACHE_DIR, cleanup),
       );
       return out.tarball;
     } finally {

@@ -36,3 +36,27 @@ export async function makeTestContext(opts: { cacheDir?: string } = {}): Promise
 export async function tempDir(prefix = 'domu-test-'): Promise<string> {
   return mkdtemp(join(tmpdir(), prefix));
 }
+
+/** A StageContext on a given cache directory, for test helpers that fill a shared cache. */
+export function sharedStageContext(cacheDir: string, cleanup: CleanupRegistry): StageContext {
+  return {
+    workDir: join(cacheDir, 'work'),
+    log: memoryLogger(),
+    signal: new AbortController().signal,
+    cleanup,
+    cache: new Cache(cacheDir),
+    progress: () => {},
+  };
+}
+
+/** A small deterministic PRNG (mulberry32), so that samples are the same on every run. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

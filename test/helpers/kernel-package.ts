@@ -1,12 +1,10 @@
 // The real Debian kernel (linux-image-amd64 → linux-image-6.1.0-NN-amd64), fetched through
 // fetchKernelPackage into the cache shared by the test files of one machine, so that the
 // ~70 MB package is downloaded once per machine (and apt runs at most once a day).
-import { join } from 'node:path';
-import { Cache } from '../../src/pipeline/cache.js';
 import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import { memoryLogger } from '../../src/lib/log.js';
 import { fetchKernelPackage, type KernelPackage } from '../../src/lib/kernel.js';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
+import { sharedStageContext } from './context.js';
 
 export const TEST_KERNEL_PACKAGE = 'linux-image-amd64';
 
@@ -16,17 +14,7 @@ export function getKernelPackage(): Promise<KernelPackage> {
   pending ??= (async () => {
     const cleanup = new CleanupRegistry();
     try {
-      return await fetchKernelPackage(
-        {
-          workDir: join(TEST_CACHE_DIR, 'work'),
-          log: memoryLogger(),
-          signal: new AbortController().signal,
-          cleanup,
-          cache: new Cache(TEST_CACHE_DIR),
-          progress: () => {},
-        },
-        { package: TEST_KERNEL_PACKAGE },
-      );
+      return await fetchKernelPackage(sharedStageContext(TEST_CACHE_DIR, cleanup), { package: TEST_KERNEL_PACKAGE });
     } finally {
       await cleanup.runAll();
     }

@@ -13,7 +13,7 @@ import { fetchKernelPackage, kernelReleaseFromImage, type KernelPackage } from '
 import { memoryLogger } from '../../src/lib/log.js';
 import { readModinfo, type ModuleInfo } from '../../src/lib/modinfo.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
-import { makeTestContext, tempDir } from '../helpers/context.js';
+import { makeTestContext, tempDir, mulberry32 } from '../helpers/context.js';
 import { getKernelPackage, TEST_KERNEL_PACKAGE } from '../helpers/kernel-package.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
@@ -34,17 +34,6 @@ function snapshot(root: string): Record<string, string> {
   return out;
 }
 
-/** A small deterministic PRNG (mulberry32), so the sample of modules is the same on every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function listModules(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });

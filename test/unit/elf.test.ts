@@ -28,7 +28,7 @@ import {
   SHT_STRTAB,
   type ElfFile,
 } from '../../src/lib/elf.js';
-import { tempDir } from '../helpers/context.js';
+import { tempDir, mulberry32 } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
 
@@ -291,17 +291,6 @@ function expectCleanFailureOrSuccess(bytes: Uint8Array, label: string): void {
   }
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('parseElf on real x86-64 binaries', () => {
   it('a dynamic hello: interpreter, libc.so.6, not static', async () => {
@@ -435,7 +424,7 @@ describe('parseElf on synthetic images', () => {
   });
 
   it('random corruption of synthetic images never escapes as anything but a DomuError', () => {
-    const rand = prng(42);
+    const rand = mulberry32(42);
     for (const c of cases) {
       const { bytes } = buildElf(c);
       for (let round = 0; round < 400; round++) {
@@ -505,7 +494,7 @@ describe('errors', () => {
   it('truncations and corruptions of the real dynamic binary fail cleanly', async () => {
     const full = new Uint8Array(await readFile(bin('hello-dyn')));
     for (let n = 0; n < full.length; n += 97) expectCleanFailureOrSuccess(full.subarray(0, n), 'cut');
-    const rand = prng(7);
+    const rand = mulberry32(7);
     const elf = parseElf(full, 'ok');
     // Corrupt the header, the program headers and the section header table, where it matters most.
     const shoff = elf.sections.length ? full.length - elf.sections.length * 64 : 64;
