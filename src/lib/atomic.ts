@@ -1,7 +1,7 @@
 // Atomic files and directories: write under a temporary name beside the target, then rename.
 // A crash leaves only a `.tmp-*` name, which is never trusted and is swept later.
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm, writeFile, readdir } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export const TEMP_MARK = '.tmp-';
@@ -55,7 +55,6 @@ export async function sweepTemps(dir: string, olderThanMs = 24 * 3600_000): Prom
   } catch {
     return;
   }
-  const { stat } = await import('node:fs/promises');
   const now = Date.now();
   for (const n of names) {
     if (!isTempName(n)) continue;

@@ -3,6 +3,7 @@
 // and debugfs listings. Every program runs through exec.run (argument arrays, no shell).
 import type { DeviceSpec } from './devtable.js';
 import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { abortError, DomuError, errorMessage } from './errors.js';
 import { ExecError, run, type ExecEnv } from './exec.js';
@@ -410,7 +411,6 @@ const ZEROS = Buffer.alloc(1 << 20);
  * where FIEMAP is unavailable. Same result as `sha256sum`.
  */
 export async function sha256Sparse(env: ExecEnv, path: string): Promise<string> {
-  const { open } = await import('node:fs/promises');
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;

@@ -1,5 +1,8 @@
 // The one way this project runs programs: execa with an argument array, never a shell.
 // Output is captured line by line into the run log; the child is killed when the run aborts.
+import { constants } from 'node:fs';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { abortError, DomuError } from './errors.js';
@@ -133,8 +136,6 @@ function lastLines(text: string, n: number): string {
 
 /** Whether a program can be found on PATH (no child process). */
 export async function which(program: string): Promise<string | undefined> {
-  const { access, constants } = await import('node:fs/promises');
-  const { join } = await import('node:path');
   if (program.includes('/')) return (await access(program, constants.X_OK).then(() => true, () => false)) ? program : undefined;
   const dirs = (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin']);
   for (const d of dirs) {

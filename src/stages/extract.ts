@@ -42,9 +42,9 @@ export async function extractStage(input: ExtractInput, ctx: StageContext): Prom
   const key = treeCacheKey(sha);
   const name = basename(input.tarball);
 
-  if (input.noCache) {
-    await ctx.cache.remove(TREES_KIND, key);
-  } else {
+  // --no-cache extracts again but never deletes the shared entry: another build may be copying
+  // from it. The store below keeps whichever identical tree is in place first.
+  if (!input.noCache) {
     const hit = await ctx.cache.lookup(TREES_KIND, key);
     if (hit) {
       const tree = join(hit, 'src');

@@ -4,7 +4,7 @@
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { aptUpdate, downloadOrigTarball, makePrivateApt, showSource, type SourceVersion } from '../lib/apt.js';
-import { writeFileAtomic } from '../lib/atomic.js';
+import { tempPathFor, writeFileAtomic } from '../lib/atomic.js';
 import { download } from '../lib/download.js';
 import { AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
 import { sha256File } from '../lib/hash.js';
@@ -161,7 +161,7 @@ function substitutionText(s: NonNullable<SourceOutput['substitution']>): string 
 }
 
 async function fromDistro(input: SourceInput, want: string, ctx: StageContext, done: (t: string, s: string, o: Origin, hit: boolean) => SourceOutput): Promise<SourceOutput> {
-  const scratch = join(ctx.cache.root, 'apt', `.tmp-run-${process.pid}-${Date.now()}`);
+  const scratch = tempPathFor(join(ctx.cache.root, 'apt', 'source'));
   await mkdir(scratch, { recursive: true });
   const release = ctx.cleanup.tempPath(scratch);
   try {
@@ -204,7 +204,8 @@ async function fromDistro(input: SourceInput, want: string, ctx: StageContext, d
           const dl = join(scratch, 'dl');
           await mkdir(dl, { recursive: true });
           const got = await downloadOrigTarball(ctx, apt, chosen, dl);
-          await verifyAndMove(got, dest, sha, `debian:busybox=${chosen.version}`);
+          await verifySha256(got, sha, `debian:busybox=${chosen.version}`);
+          await copyFile(got, dest);
         });
     if (substitution) await writeMemo(ctx, input.version, sha);
     return done(tarball, sha, origin, false);
@@ -269,12 +270,12 @@ async function storeLocal(ctx: StageContext, path: string, sha: string, version:
   }
   return storeEntry(ctx, sha, version, origin, async (dest) => {
     await copyFile(path, dest);
-    await verifyAndMove(dest, dest, sha, path);
+    await verifySha256(dest, sha, path);
   });
 }
 
 /** Check `file`'s sha256; on mismatch delete it and fail with both hashes. */
-async function verifyAndMove(file: string, dest: string, sha: string, what: string): Promise<void> {
+async function verifySha256(file: string, sha: string, what: string): Promise<void> {
   const actual = await sha256File(file);
   if (actual !== sha) {
     await rm(file, { force: true });
@@ -282,7 +283,6 @@ async function verifyAndMove(file: string, dest: string, sha: string, what: stri
       hint: 'the file is not the pinned release: check the source, or pass --sha256 for an unlisted version',
     });
   }
-  if (file !== dest) await copyFile(file, dest);
 }
 
 // A remembered substitution lets a repeated build reuse the substituted tarball without asking
