@@ -3,7 +3,7 @@
 import { dirname, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
+import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
 import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
 import { defaultCacheDir } from '../pipeline/cache.js';
 import { BUILD_STAGES, planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
@@ -103,7 +103,8 @@ function outputMode(o: CommonOpts): OutputMode {
   return process.stdout.isTTY ? 'tty' : 'plain';
 }
 
-function printError(e: unknown, json: boolean, command: string): number {
+function printError(error: unknown, json: boolean, command: string): number {
+  const e = asDomuError(error);
   const known = e instanceof DomuError;
   const code = known ? e.exitCode : 1;
   const message = known ? e.message : `internal error: ${errorMessage(e)}`;
@@ -139,7 +140,8 @@ async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
     const summary = buildSummary(plan, records, run.runLog.warnings, { log: run.logFile });
     process.stdout.write(mode === 'json' ? `${JSON.stringify(summary, null, 2)}\n` : `${formatSummary(summary)}\n`);
     return 0;
-  } catch (e) {
+  } catch (error) {
+    const e = asDomuError(error);
     const code = printError(e, false, plan.command);
     if (mode === 'json') {
       const summary = buildSummary(plan, run.records, run.runLog.warnings, {
@@ -169,7 +171,12 @@ function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags) => P
       process.exitCode = printError(e, o.json ?? false, name);
       return;
     }
-    process.exitCode = await runPlan(p, o);
+    try {
+      process.exitCode = await runPlan(p, o);
+    } catch (e) {
+      // Setting up the run itself failed (e.g. an unwritable --cache-dir).
+      process.exitCode = printError(e, o.json ?? false, name);
+    }
   };
 }
 

@@ -42,6 +42,30 @@ export function isDomuError(e: unknown): e is DomuError {
   return e instanceof DomuError;
 }
 
+const FS_REASONS: Record<string, string> = {
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EROFS: 'read-only file system',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded',
+  ENOTDIR: 'a part of the path is not a directory',
+  EISDIR: 'is a directory',
+  ENOENT: 'no such file or directory',
+};
+
+/**
+ * A file-system error from Node (EACCES on the cache, ENOTDIR in --out, ...) is about the
+ * user's machine, not a bug: one line naming the path, no stack trace. Anything else passes.
+ */
+export function asDomuError(e: unknown): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (e instanceof DomuError || !(e instanceof Error) || !err.code || !err.path || !(err.code in FS_REASONS)) return e;
+  return new DomuError(`cannot ${err.syscall ?? 'use'} ${err.path}: ${FS_REASONS[err.code]}`, {
+    hint: 'check --out, --cache-dir and the permissions and free space there',
+    cause: e,
+  });
+}
+
 export function errorMessage(e: unknown): string {
   if (e instanceof Error) return e.message;
   return String(e);

@@ -54,6 +54,16 @@ describe('bad input', () => {
     expect(existsSync(cache)).toBe(false);
   });
 
+  it('an unusable --cache-dir is one line naming the path, no stack trace', async () => {
+    const file = join(dir, 'a-file');
+    await writeFile(file, 'not a directory');
+    const r = await domu(['fetch', '--cache-dir', join(file, 'cache'), '--json']);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.split('\n')[0]).toMatch(/^domu fetch: error: cannot mkdir .*a-file\/cache\/runs\/\S+: a part of the path is not a directory$/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, exitCode: 1 });
+  });
+
   it('a bad flag value is exit 2', async () => {
     const r = await domu(['fetch', '--set', 'image.size=banana', '--cache-dir', cache]);
     expect(r.exitCode).toBe(2);
