@@ -5,11 +5,11 @@
 // Images are kept until the end (deleting makes the next creations slower on some file systems).
 //
 //   node --import tsx bench/image.ts [STAGING_DIR]   (default: a generated busybox-like tree)
-import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { busyboxLikeTree } from '../test/helpers/trees.js';
 import { run, type ExecEnv } from '../src/lib/exec.js';
 import { memoryLogger, type Logger } from '../src/lib/log.js';
 import { Cache } from '../src/pipeline/cache.js';
@@ -45,19 +45,6 @@ export interface ImageBenchResult {
   samples: { domu: number[]; mke2fs: number[]; mke2fsSum: number[] };
 }
 
-/** A busybox-like staging tree: one 2.3 MB "binary", 400 symlinks to it, 20 small files. */
-export async function busyboxLikeTree(dir: string): Promise<string> {
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc/init.d', 'dev', 'proc', 'sys', 'tmp', 'root', 'lib/modules']) await mkdir(join(dir, d), { recursive: true });
-  await writeFile(join(dir, 'bin/busybox'), randomBytes(2_300_000), { mode: 0o755 });
-  for (let i = 0; i < 100; i++) {
-    await symlink('busybox', join(dir, `bin/app${i}`));
-    await symlink('../bin/busybox', join(dir, `sbin/app${i}`));
-    await symlink('../../bin/busybox', join(dir, `usr/bin/app${i}`));
-    await symlink('../../bin/busybox', join(dir, `usr/sbin/app${i}`));
-  }
-  for (let i = 0; i < 20; i++) await writeFile(join(dir, `etc/file${i}`), `# setting ${i}\n`.repeat(20));
-  return dir;
-}
 
 /** A logger that notes when the stage's phase lines appear. */
 function phaseLogger(marks: Map<string, number>): Logger {

@@ -1,8 +1,8 @@
 // The image stage against real file systems: an output directory on a small tmpfs (no space),
 // and the on-disk size of a 1 GiB sparse image of a busybox-sized tree.
-import { randomBytes } from 'node:crypto';
+import { busyboxLikeTree } from '../helpers/trees.js';
 import { writeFileSync, statfsSync } from 'node:fs';
-import { mkdir, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DomuError } from '../../src/lib/errors.js';
@@ -20,20 +20,6 @@ const DEVICES: DeviceNode[] = [
   { path: '/dev/null', type: 'c', mode: 0o666, uid: 0, gid: 0, major: 1, minor: 3 },
 ];
 
-/** busybox-like: one ~2.3 MB binary, a few hundred symlinks to it, some small files. */
-async function busyboxLike(dir: string, extra: { randomMiB?: number } = {}): Promise<string> {
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'dev', 'proc', 'sys', 'tmp']) await mkdir(join(dir, d), { recursive: true });
-  await writeFile(join(dir, 'bin/busybox'), randomBytes(2_300_000), { mode: 0o755 });
-  for (let i = 0; i < 100; i++) {
-    await symlink('busybox', join(dir, `bin/a${i}`));
-    await symlink('../bin/busybox', join(dir, `sbin/b${i}`));
-    await symlink('../../bin/busybox', join(dir, `usr/bin/c${i}`));
-    await symlink('../../bin/busybox', join(dir, `usr/sbin/d${i}`));
-  }
-  for (let i = 0; i < 20; i++) await writeFile(join(dir, `etc/f${i}`), `setting ${i}\n`);
-  if (extra.randomMiB) await writeFile(join(dir, 'random.bin'), randomBytes(extra.randomMiB * MiB));
-  return dir;
-}
 
 function input(staging: string, output: string, over: Partial<ImageInput> = {}): ImageInput {
   return { staging, devices: DEVICES, output, size: GiB, label: 'busybox', populate: 'rootless', sourceDateEpoch: 1700000000, contentHash: 'c'.repeat(64), ...over };
@@ -65,7 +51,7 @@ describe.skipIf(!isRoot)('output directory on a small file system', () => {
 
   it('fails with one clear "no space" error naming the path, leaving nothing behind', async () => {
     const dir = await tmpfs('small', '16m');
-    const staging = await busyboxLike(join(base, 'staging-20m'), { randomMiB: 20 });
+    const staging = await busyboxLikeTree(join(base, 'staging-20m'), { randomMiB: 20 });
     const out = join(dir, 'busybox.img');
     const err = await imageStage(input(staging, out), ctx).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DomuError);
@@ -77,7 +63,7 @@ describe.skipIf(!isRoot)('output directory on a small file system', () => {
 
   it('says the same when the space runs out during the build, and removes the temp file', async () => {
     const dir = await tmpfs('shrinking', '64m');
-    const staging = await busyboxLike(join(base, 'staging-small'));
+    const staging = await busyboxLikeTree(join(base, 'staging-small'));
     const out = join(dir, 'busybox.img');
     const c = await makeTestContext();
     try {
@@ -106,14 +92,14 @@ describe('a 1 GiB image of a busybox-sized tree', () => {
   it('is sparse: at most 40 MiB allocated', async () => {
     const c = await makeTestContext();
     try {
-      const staging = await busyboxLike(join(c.root, 'staging'));
+      const staging = await busyboxLikeTree(join(c.root, 'staging'));
       const out = await imageStage(input(staging, join(c.root, 'busybox.img')), c);
       const st = await stat(out.path);
       expect(out.apparentBytes).toBe(GiB);
       expect(st.size).toBe(GiB);
       expect(out.allocatedBytes).toBe(st.blocks * 512);
       expect(out.allocatedBytes).toBeLessThanOrEqual(40 * MiB);
-      expect(out.files).toBe(10 + 1 + 400 + 20 + DEVICES.length); // dirs, busybox, links, etc files
+      expect(out.files).toBe(14 + 1 + 400 + 20 + DEVICES.length); // dirs, busybox, links, etc files
       c.log.info(`allocated ${(out.allocatedBytes / MiB).toFixed(1)} MiB`);
     } finally {
       await c.dispose();
