@@ -1,0 +1,261 @@
+// An index of a kernel's modules directory (`/lib/modules/<release>`): which file holds which
+// module name, which aliases name which modules, and which modules are built into the kernel.
+//
+// Two ways to build it, as kmod does:
+//  - from depmod's text files when `modules.dep` is there (names and paths from modules.dep,
+//    aliases from modules.alias): no module file is opened;
+//  - otherwise (a Debian kernel package ships no modules.dep) by reading every module's .modinfo
+//    — about 4000 files for a distribution kernel, so the result is cached under a fingerprint of
+//    the tree (every module file's path, size and mtime, and modules.builtin), and a second run
+//    only has to stat the files.
+// The index does not hold dependencies: the closure reads the .modinfo of the modules it visits
+// (it needs their vermagic anyway), which is the authoritative source and costs a few files.
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join, relative } from 'node:path';
+import { writeFileAtomic } from './atomic.js';
+import { DomuError, errorMessage } from './errors.js';
+import type { ExecEnv } from './exec.js';
+import { sha256 } from './hash.js';
+import { moduleNameOf, readModinfo } from './modinfo.js';
+import type { Cache } from '../pipeline/cache.js';
+
+/** Bump when the index format or the way it is built changes. */
+export const MODULE_INDEX_VERSION = 1;
+const CACHE_KIND = 'module-index';
+
+export interface ModuleIndex {
+  /** The modules directory, e.g. /lib/modules/6.1.0-56-amd64. */
+  dir: string;
+  /** How it was built; `cached` = a scan index read back from the cache. */
+  source: 'modules.dep' | 'scan' | 'cached';
+  /** Module name (`_` form) → path relative to `dir` (e.g. kernel/fs/ext4/ext4.ko). */
+  paths: Map<string, string>;
+  /** [alias pattern, module name] pairs, in the order kmod would match them. */
+  aliases: [string, string][];
+  /** Modules built into the kernel (modules.builtin), `_` form. */
+  builtin: Set<string>;
+  /** Aliases of built-in modules (modules.builtin.modinfo): alias pattern → module name. */
+  builtinAliases: [string, string][];
+}
+
+const MODULE_FILE_RE = /\.ko(\.(gz|xz|zst))?$/;
+
+/** `xen-netfront` and `xen_netfront` are the same module (the kernel uses `_`). */
+export function normalizeModuleName(name: string): string {
+  return name.replace(/-/g, '_');
+}
+
+async function readOptional(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new DomuError(`${path}: cannot read: ${errorMessage(e)}`, { cause: e });
+  }
+}
+
+/** modules.builtin: one `kernel/<path>.ko` per line. */
+function parseBuiltin(text: string | undefined): Set<string> {
+  const out = new Set<string>();
+  for (const line of (text ?? '').split('\n')) if (line.trim()) out.add(moduleNameOf(line.trim()));
+  return out;
+}
+
+/** modules.builtin.modinfo: NUL-separated `<module>.<key>=<value>`; we want the aliases. */
+function parseBuiltinAliases(data: Buffer | undefined): [string, string][] {
+  const out: [string, string][] = [];
+  if (!data) return out;
+  for (const entry of data.toString('utf8').split('\0')) {
+    const m = /^([^.=]+)\.alias=(.+)$/.exec(entry);
+    if (m) out.push([m[2]!, normalizeModuleName(m[1]!)]);
+  }
+  return out;
+}
+
+/** modules.alias: `alias <pattern> <module>` lines. */
+function parseAliasFile(text: string): [string, string][] {
+  const out: [string, string][] = [];
+  for (const line of text.split('\n')) {
+    const m = /^alias\s+(\S+)\s+(\S+)\s*$/.exec(line);
+    if (m) out.push([m[1]!, normalizeModuleName(m[2]!)]);
+  }
+  return out;
+}
+
+/** modules.dep: `<path>: <dep path> …`; we keep the name → path map. */
+function parseDepFile(text: string, file: string): Map<string, string> {
+  const out = new Map<string, string>();
+  text.split('\n').forEach((line, i) => {
+    if (!line.trim() || line.startsWith('#')) return;
+    const colon = line.indexOf(':');
+    if (colon <= 0) throw new DomuError(`${file}:${i + 1}: not a modules.dep line (expected "<module path>: <dependencies>")`, { hint: 'regenerate it with depmod, or remove it so that domu indexes the modules itself' });
+    const path = line.slice(0, colon).trim();
+    out.set(moduleNameOf(path), path);
+  });
+  return out;
+}
+
+/** Every module file under `dir`, relative, sorted. */
+export async function listModuleFiles(dir: string): Promise<string[]> {
+  let entries;
+  try {
+    entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  } catch (e) {
+    throw new DomuError(`${dir}: cannot read the modules directory: ${errorMessage(e)}`, { cause: e });
+  }
+  return entries
+    .filter((e) => e.isFile() && MODULE_FILE_RE.test(e.name))
+    .map((e) => relative(dir, join(e.parentPath, e.name)))
+    .sort();
+}
+
+/** Run `fn` over `items` with at most `limit` at a time. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/** The tree's fingerprint: each module file's path, size and mtime, and the builtin lists. */
+async function fingerprint(dir: string, files: readonly string[]): Promise<string> {
+  const stats = await mapLimit(files, 64, async (f) => {
+    const st = await stat(join(dir, f), { bigint: true });
+    return `${f}\0${st.size}\0${st.mtimeNs}`;
+  });
+  const builtin = (await readOptional(join(dir, 'modules.builtin'))) ?? '';
+  const builtinInfo = await readFile(join(dir, 'modules.builtin.modinfo')).catch(() => Buffer.alloc(0));
+  return sha256(`domu module index v${MODULE_INDEX_VERSION}\n${stats.join('\n')}\n${sha256(builtin)}\n${sha256(builtinInfo)}`);
+}
+
+interface StoredIndex {
+  version: number;
+  paths: [string, string][];
+  aliases: [string, string][];
+}
+
+export interface IndexOptions {
+  /** Where scan indexes are kept; none: always scan. */
+  cache?: Cache | undefined;
+  /** For decompressing .ko.xz/.ko.zst during a scan. */
+  env?: ExecEnv | undefined;
+  /** Ignore modules.dep even when present (used to compare both ways). */
+  ignoreModulesDep?: boolean;
+  progress?: (text: string) => void;
+}
+
+/** Build (or read back) the index of a modules directory. */
+export async function indexModules(dir: string, opts: IndexOptions = {}): Promise<ModuleIndex> {
+  try {
+    if (!(await stat(dir)).isDirectory()) throw new Error('not a directory');
+  } catch (e) {
+    throw new DomuError(`${dir}: not a kernel modules directory (${errorMessage(e)})`, { hint: 'point kernel.modules at /lib/modules/<release>' });
+  }
+  const builtin = parseBuiltin(await readOptional(join(dir, 'modules.builtin')));
+  const builtinAliases = parseBuiltinAliases(await readFile(join(dir, 'modules.builtin.modinfo')).catch(() => undefined));
+
+  const depText = opts.ignoreModulesDep ? undefined : await readOptional(join(dir, 'modules.dep'));
+  if (depText !== undefined) {
+    const aliasText = (await readOptional(join(dir, 'modules.alias'))) ?? '';
+    return { dir, source: 'modules.dep', paths: parseDepFile(depText, join(dir, 'modules.dep')), aliases: parseAliasFile(aliasText), builtin, builtinAliases };
+  }
+
+  const files = await listModuleFiles(dir);
+  const key = opts.cache ? await fingerprint(dir, files) : undefined;
+  const storedPath = opts.cache && key ? join(opts.cache.entryPath(CACHE_KIND, key), 'index.json') : undefined;
+  if (storedPath) {
+    const text = await readOptional(storedPath).catch(() => undefined);
+    if (text) {
+      try {
+        const stored = JSON.parse(text) as StoredIndex;
+        if (stored.version === MODULE_INDEX_VERSION) return { dir, source: 'cached', paths: new Map(stored.paths), aliases: stored.aliases, builtin, builtinAliases };
+      } catch {
+        // A damaged index is rebuilt below.
+      }
+    }
+  }
+
+  // Plain .ko files are read in-process; compressed ones spawn a decompressor each, so fewer at once.
+  const compressed = files.some((f) => !f.endsWith('.ko'));
+  const limit = compressed ? Math.max(2, availableParallelism()) : 32;
+  let done = 0;
+  const infos = await mapLimit(files, limit, async (f) => {
+    const info = await readModinfo(join(dir, f), opts.env);
+    if (++done % 500 === 0) opts.progress?.(`indexing modules ${done}/${files.length}`);
+    return { path: f, name: normalizeModuleName(info.name), aliases: info.aliases };
+  });
+  const paths = new Map<string, string>();
+  const aliases: [string, string][] = [];
+  for (const m of infos) {
+    if (!paths.has(m.name)) paths.set(m.name, m.path);
+    for (const a of m.aliases) aliases.push([a, m.name]);
+  }
+  if (storedPath) {
+    const stored: StoredIndex = { version: MODULE_INDEX_VERSION, paths: [...paths], aliases };
+    // Best effort: an unwritable cache only costs the next run a scan.
+    await writeFileAtomic(storedPath, JSON.stringify(stored)).catch(() => {});
+  }
+  return { dir, source: 'scan', paths, aliases, builtin, builtinAliases };
+}
+
+/** A module alias pattern (fnmatch: `*`, `?`, `[…]`) as a RegExp; plain strings need none. */
+function globToRegExp(pattern: string): RegExp {
+  let re = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '*') re += '.*';
+    else if (c === '?') re += '.';
+    else if (c === '[') {
+      const end = pattern.indexOf(']', i + 2);
+      if (end < 0) re += '\\[';
+      else {
+        let body = pattern.slice(i + 1, end);
+        if (body.startsWith('!')) body = `^${body.slice(1)}`;
+        re += `[${body.replace(/\\/g, '\\\\')}]`;
+        i = end;
+      }
+    } else re += c.replace(/[.+^${}()|\\/]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`, 's');
+}
+
+const WILDCARD = /[*?[]/;
+const compiled = new Map<string, RegExp>();
+
+/** kmod's alias_normalize: `-` → `_`, except inside `[…]` where `-` is a range. */
+export function normalizeAlias(alias: string): string {
+  let out = '';
+  let inBracket = false;
+  for (const c of alias) {
+    if (c === '[') inBracket = true;
+    else if (c === ']') inBracket = false;
+    out += c === '-' && !inBracket ? '_' : c;
+  }
+  return out;
+}
+
+/** Whether `name` matches the alias pattern (as kmod's fnmatch does, both sides normalized). */
+export function aliasMatches(pattern: string, name: string): boolean {
+  const n = normalizeAlias(name);
+  if (!WILDCARD.test(pattern)) return normalizeAlias(pattern) === n;
+  let re = compiled.get(pattern);
+  if (!re) {
+    re = globToRegExp(normalizeAlias(pattern));
+    compiled.set(pattern, re);
+  }
+  return re.test(n);
+}
+
+/** The module names an alias resolves to, in index order, without repeats. */
+export function resolveAlias(pairs: readonly [string, string][], name: string): string[] {
+  const out: string[] = [];
+  for (const [pattern, module] of pairs) if (aliasMatches(pattern, name) && !out.includes(module)) out.push(module);
+  return out;
+}
