@@ -223,3 +223,24 @@ export async function downloadPackage(env: ExecEnv, apt: PrivateApt, pkg: string
   if (!found) throw new DomuError(`apt-get download ${pkg}=${version} gave no .deb in ${destDir}`);
   return join(destDir, found);
 }
+
+/**
+ * The source package a binary stanza was built from: `Source: linux-signed-amd64 (6.1.192+2)`
+ * gives linux-signed-amd64; without a Source field it is the binary package's own name.
+ */
+export function sourcePackageOf(pkg: string, fields: Record<string, string>): string {
+  return fields.Source?.trim().split(/\s+/)[0] || pkg;
+}
+
+export interface CandidatePackage {
+  package: string;
+  version: string;
+  /** The fields of its stanza (showPackage). */
+  fields: Record<string, string>;
+}
+
+/** `pkg` at its candidate version with its fields, or undefined when apt has none (e.g. a virtual package). */
+export async function candidatePackage(env: ExecEnv, apt: PrivateApt, pkg: string): Promise<CandidatePackage | undefined> {
+  const version = await candidateVersion(env, apt, pkg);
+  return version === undefined ? undefined : { package: pkg, version, fields: await showPackage(env, apt, pkg, version) };
+}

@@ -1,12 +1,13 @@
-// A Debian kernel (image + modules) for the guest, without installing anything: the meta package
-// (e.g. linux-image-amd64) is resolved to the real image package through a PRIVATE binary
-// (`deb`) apt configuration, `apt-get download` fetches the .deb and `dpkg-deb -x` unpacks it
-// into a cache entry `kernels/<package>_<version>`. A memo `kernel-memos/<meta>.json` maps the
-// meta package to that entry for 24 h, so a repeated call within a day runs no apt at all.
-import { open, readdir, readFile, mkdir, rm } from 'node:fs/promises';
+// Debian kernel packages for the guest, without installing anything: a PRIVATE binary (`deb`)
+// apt configuration resolves what to fetch, `apt-get download` fetches the .debs and
+// `dpkg-deb -x` unpacks them together into ONE cache entry `<kind>/<package>_<version>`. A memo
+// `kernel-memos/<request>.json` maps the request to that entry for 24 h, so a repeated call
+// within a day runs no apt at all. fetchKernelPackage (image + modules) lives here;
+// fetchKernelHeaders (kbuild.ts) uses the same fetchDebsIntoCache.
+import { mkdtemp, open, readdir, readFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageContext } from '../pipeline/context.js';
-import { aptUpdate, candidateVersion, dependsNames, downloadPackage, makePrivateApt, showPackage } from './apt.js';
+import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackage, makePrivateApt, type CandidatePackage, type PrivateApt } from './apt.js';
 import { writeFileAtomic } from './atomic.js';
 import { DomuError, errorMessage } from './errors.js';
 import { run } from './exec.js';
@@ -69,30 +70,119 @@ export interface FetchKernelOptions {
   aptEtc?: string;
 }
 
-interface Memo {
+/** A binary package at one version. */
+export interface Deb {
   package: string;
   version: string;
+}
+
+interface Memo extends Deb {
   key: string;
   /** ms since the epoch */
   resolvedAt: number;
 }
 
 const MEMO_TTL_MS = 24 * 3600_000;
-const KIND = 'kernels';
 const MEMO_KIND = 'kernel-memos';
 
-function cacheKey(pkg: string, version: string): string {
-  return `${pkg}_${version}`.replace(/[^A-Za-z0-9._-]/g, '_');
+function cacheKey(deb: Deb): string {
+  return `${deb.package}_${deb.version}`.replace(/[^A-Za-z0-9._-]/g, '_');
 }
 
-async function readMemo(ctx: StageContext, meta: string): Promise<Memo | undefined> {
+async function readMemo(ctx: StageContext, request: string): Promise<Memo | undefined> {
   try {
-    const m = JSON.parse(await readFile(join(ctx.cache.root, MEMO_KIND, `${meta}.json`), 'utf8')) as Memo;
-    if (typeof m.key !== 'string' || typeof m.resolvedAt !== 'number') return undefined;
+    const m = JSON.parse(await readFile(join(ctx.cache.root, MEMO_KIND, `${request}.json`), 'utf8')) as Memo;
+    if (typeof m.key !== 'string' || typeof m.package !== 'string' || typeof m.version !== 'string' || typeof m.resolvedAt !== 'number') return undefined;
     if (Date.now() - m.resolvedAt > MEMO_TTL_MS || m.resolvedAt > Date.now() + 60_000) return undefined;
     return m;
   } catch {
     return undefined;
+  }
+}
+
+export interface FetchDebsOptions<T> {
+  /** The package asked for (a meta package, linux-headers-<release>); also names the memo. */
+  request: string;
+  /** What to tell the user when Debian's archive has no such package. */
+  missingHint: string;
+  /** The cache kind the entries live under. */
+  kind: string;
+  /** Prefix of the log lines, e.g. `kernel`. */
+  label: string;
+  /** The system apt configuration to derive the Debian entries from (default /etc/apt). */
+  aptEtc?: string | undefined;
+  /** From the requested package: the packages to unpack together, the main one (naming the entry) first. */
+  resolve(apt: PrivateApt, requested: CandidatePackage): Promise<Deb[]>;
+  /** Adjust a freshly unpacked tree before it is cached (e.g. make it relocatable). */
+  fixUp?(dir: string, main: Deb): Promise<void>;
+  /** The result from an entry; throws when the tree is unusable. Runs before caching and on hits. */
+  inspect(dir: string, main: Deb): Promise<T>;
+}
+
+/** Promise.all that waits for every child to end before it throws the first failure. */
+export async function settleAll<T>(work: Promise<T>[]): Promise<T[]> {
+  const done = await Promise.allSettled(work);
+  const failed = done.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return done.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
+/**
+ * Resolve, download and unpack Debian packages into one cache entry (see the file comment).
+ * Nothing is installed and the system's apt configuration and state are not touched.
+ */
+export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOptions<T>): Promise<T> {
+  const memo = await readMemo(ctx, opts.request);
+  const memoHit = memo && (await ctx.cache.lookup(opts.kind, memo.key));
+  if (memo && memoHit) {
+    ctx.log.info(`${opts.label}: ${memo.package} ${memo.version} from the cache`);
+    return opts.inspect(memoHit, memo);
+  }
+
+  await mkdir(join(ctx.cache.root, 'apt'), { recursive: true });
+  // mkdtemp: a kernel and its headers may be fetched at the same time by one process.
+  const scratch = await mkdtemp(join(ctx.cache.root, 'apt', `.tmp-${opts.label}-`));
+  const release = ctx.cleanup.tempPath(scratch);
+  try {
+    const apt = await makePrivateApt(join(scratch, 'apt'), opts.aptEtc, { types: 'deb' });
+    ctx.log.info(`${opts.label}: reading Debian's package index (private apt configuration)`);
+    ctx.progress('apt-get update');
+    await aptUpdate(ctx, apt);
+    const requested = await candidatePackage(ctx, apt, opts.request);
+    if (!requested) throw new DomuError(`Debian's archive has no package ${opts.request}`, { hint: opts.missingHint });
+    const debs = await opts.resolve(apt, requested);
+    const main = debs[0];
+    if (!main) throw new Error(`${opts.request}: resolve() returned no package`);
+    const key = cacheKey(main);
+    let entry = await ctx.cache.lookup(opts.kind, key);
+    if (!entry) {
+      const debDir = join(scratch, 'deb');
+      await mkdir(debDir);
+      ctx.log.info(`${opts.label}: downloading ${debs.map((d) => `${d.package} ${d.version}`).join(', ')}`);
+      ctx.progress(`downloading ${main.package}`);
+      // At once: each apt-get spends ~0.5 s reading the index before it fetches anything.
+      const files = await settleAll(debs.map((d) => downloadPackage(ctx, apt, d.package, d.version, debDir)));
+      ctx.progress(`unpacking ${main.package}`);
+      entry = await ctx.cache.store(
+        opts.kind,
+        key,
+        async (dir) => {
+          // One after the other: unpacking is file-creation bound; in parallel it is slower.
+          for (const f of files) await run(ctx, 'dpkg-deb', ['-x', f, dir], { timeoutMs: 600_000, quiet: true, missingHint: 'install dpkg' });
+          await opts.fixUp?.(dir, main);
+          await opts.inspect(dir, main); // never cache a tree that is not usable
+        },
+        (tmp) => ctx.cleanup.tempPath(tmp),
+      );
+    } else {
+      ctx.log.info(`${opts.label}: ${main.package} ${main.version} from the cache`);
+    }
+    const memoOut: Memo = { package: main.package, version: main.version, key, resolvedAt: Date.now() };
+    await writeFileAtomic(join(ctx.cache.root, MEMO_KIND, `${opts.request}.json`), `${JSON.stringify(memoOut, null, 2)}\n`);
+    return await opts.inspect(entry, main);
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+    release();
   }
 }
 
@@ -117,69 +207,25 @@ async function inspect(root: string, pkg: string, version: string): Promise<Kern
 }
 
 /**
- * Fetch and unpack a Debian kernel image package into the cache (see the file comment).
- * Nothing is installed and the system's apt configuration and state are not touched.
+ * Fetch and unpack a Debian kernel image package into the cache `kernels/` (see the file comment).
+ * A meta package (linux-image-amd64) is resolved to the image package it depends on.
  */
 export async function fetchKernelPackage(ctx: StageContext, opts: FetchKernelOptions): Promise<KernelPackage> {
   const meta = opts.package;
   if (!/^[a-z0-9][a-z0-9.+-]+$/.test(meta)) throw new DomuError(`bad kernel package name "${meta}"`);
-
-  const memo = await readMemo(ctx, meta);
-  if (memo) {
-    const hit = await ctx.cache.lookup(KIND, memo.key);
-    if (hit) {
-      ctx.log.info(`kernel: ${memo.package} ${memo.version} from the cache`);
-      return inspect(hit, memo.package, memo.version);
-    }
-  }
-
-  const scratch = join(ctx.cache.root, 'apt', `.tmp-kernel-${process.pid}-${Date.now()}`);
-  await mkdir(scratch, { recursive: true });
-  const release = ctx.cleanup.tempPath(scratch);
-  try {
-    const apt = await makePrivateApt(join(scratch, 'apt'), opts.aptEtc, { types: 'deb' });
-    ctx.log.info("kernel: reading Debian's package index (private apt configuration)");
-    ctx.progress('apt-get update');
-    await aptUpdate(ctx, apt);
-    const metaVersion = await candidateVersion(ctx, apt, meta);
-    if (!metaVersion) throw new DomuError(`Debian's archive has no package ${meta}`, { hint: 'check the kernel package name (e.g. linux-image-amd64)' });
-    const fields = await showPackage(ctx, apt, meta, metaVersion);
-    const image = dependsNames(fields.Depends).find((d) => /^linux-image-\d/.test(d));
-    let pkg = meta;
-    let version = metaVersion;
-    if (image) {
-      pkg = image;
-      const v = await candidateVersion(ctx, apt, image);
-      if (!v) throw new DomuError(`${meta} ${metaVersion} depends on ${image}, which Debian's archive does not offer`);
-      version = v;
-    }
-    const key = cacheKey(pkg, version);
-    let entry = await ctx.cache.lookup(KIND, key);
-    if (!entry) {
-      ctx.log.info(`kernel: downloading ${pkg} ${version}`);
-      ctx.progress(`downloading ${pkg}`);
-      const debDir = join(scratch, 'deb');
-      await mkdir(debDir);
-      const deb = await downloadPackage(ctx, apt, pkg, version, debDir);
-      ctx.progress(`unpacking ${pkg}`);
-      entry = await ctx.cache.store(
-        KIND,
-        key,
-        async (dir) => {
-          await run(ctx, 'dpkg-deb', ['-x', deb, dir], { timeoutMs: 600_000, quiet: true, missingHint: 'install dpkg' });
-          await inspect(dir, pkg, version); // never cache a package that is not a usable kernel
-        },
-        (tmp) => ctx.cleanup.tempPath(tmp),
-      );
-      await rm(deb, { force: true });
-    } else {
-      ctx.log.info(`kernel: ${pkg} ${version} from the cache`);
-    }
-    const memoOut: Memo = { package: pkg, version, key, resolvedAt: Date.now() };
-    await writeFileAtomic(join(ctx.cache.root, MEMO_KIND, `${meta}.json`), `${JSON.stringify(memoOut, null, 2)}\n`);
-    return await inspect(entry, pkg, version);
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
-    release();
-  }
+  return fetchDebsIntoCache(ctx, {
+    request: meta,
+    kind: 'kernels',
+    label: 'kernel',
+    aptEtc: opts.aptEtc,
+    missingHint: 'check the kernel package name (e.g. linux-image-amd64)',
+    resolve: async (apt, top) => {
+      const image = dependsNames(top.fields.Depends).find((d) => /^linux-image-\d/.test(d));
+      if (!image) return [top];
+      const version = await candidateVersion(ctx, apt, image);
+      if (!version) throw new DomuError(`${meta} ${top.version} depends on ${image}, which Debian's archive does not offer`);
+      return [{ package: image, version }];
+    },
+    inspect: (dir, main) => inspect(dir, main.package, main.version),
+  });
 }

@@ -102,11 +102,9 @@ describe('fetchKernelPackage (real Debian linux-image-amd64)', () => {
   it('a second call is a cache hit: no apt-get or apt-cache runs', async () => {
     const ctx = await makeTestContext({ cacheDir: TEST_CACHE_DIR });
     try {
-      const t = Date.now();
       const again = await fetchKernelPackage(ctx, { package: TEST_KERNEL_PACKAGE });
       expect(again).toEqual(kernel);
       expect(ctx.lines.filter((l) => /\$ (apt-get|apt-cache|dpkg-deb) /.test(l))).toEqual([]);
-      expect(Date.now() - t).toBeLessThan(5000);
     } finally {
       await ctx.dispose();
     }
