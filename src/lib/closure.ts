@@ -8,7 +8,7 @@
 // nothing is a warning, as with modprobe). The order is topological: pre-softdeps and depends
 // of a module come before it, post-softdeps after it.
 import { join } from 'node:path';
-import { DomuError } from './errors.js';
+import { DomuError, InputError } from './errors.js';
 import type { ModuleInfo } from './modinfo.js';
 import { normalizeModuleName, resolveAlias, type ModuleIndex } from './modindex.js';
 
@@ -150,9 +150,10 @@ export async function moduleClosure(index: ModuleIndex, requests: readonly strin
     const targets = resolveName(index, extra, request);
     if (!targets.length) {
       const close = suggestions(index, request);
-      throw new DomuError(`no kernel module or alias "${request}" in ${index.dir}`, {
-        hint: close.length ? `did you mean ${close.join(', ')}?` : 'check the name with `domu modules NAME` (module names use - or _, aliases like xennet work too)',
-      });
+      throw new InputError(
+        `no kernel module or alias "${request}" in ${index.dir}`,
+        close.length ? `did you mean ${close.join(', ')}?` : 'check the name with `domu modules NAME` (module names use - or _, aliases like xennet work too)',
+      );
     }
     out.requests.push({ request, modules: targets.filter((t) => t.kind === 'module').map((t) => t.name) });
     for (const t of targets) {

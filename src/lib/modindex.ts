@@ -10,9 +10,10 @@
 //    only has to stat the files.
 // The index does not hold dependencies: the closure reads the .modinfo of the modules it visits
 // (it needs their vermagic anyway), which is the authoritative source and costs a few files.
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdirSync, statSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { writeFileAtomic } from './atomic.js';
 import { DomuError, errorMessage } from './errors.js';
 import type { ExecEnv } from './exec.js';
@@ -96,18 +97,29 @@ function parseDepFile(text: string, file: string): Map<string, string> {
   return out;
 }
 
-/** Every module file under `dir`, relative, sorted. */
-export async function listModuleFiles(dir: string): Promise<string[]> {
-  let entries;
+/**
+ * Every module file under `dir`, relative and sorted, with its size and mtime (the fingerprint).
+ * Synchronous on purpose: about 5000 readdir/stat calls, which take 30 ms done in a row and three
+ * times as long through the thread pool, and the warm path of the closure is this walk.
+ */
+export function listModuleFiles(dir: string): { path: string; size: bigint; mtimeNs: bigint }[] {
+  const out: { path: string; size: bigint; mtimeNs: bigint }[] = [];
+  const walk = (abs: string, rel: string) => {
+    for (const e of readdirSync(abs, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(join(abs, e.name), r);
+      else if (e.isFile() && MODULE_FILE_RE.test(e.name)) {
+        const st = statSync(join(abs, e.name), { bigint: true });
+        out.push({ path: r, size: st.size, mtimeNs: st.mtimeNs });
+      }
+    }
+  };
   try {
-    entries = await readdir(dir, { recursive: true, withFileTypes: true });
+    walk(dir, '');
   } catch (e) {
     throw new DomuError(`${dir}: cannot read the modules directory: ${errorMessage(e)}`, { cause: e });
   }
-  return entries
-    .filter((e) => e.isFile() && MODULE_FILE_RE.test(e.name))
-    .map((e) => relative(dir, join(e.parentPath, e.name)))
-    .sort();
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
 /** Run `fn` over `items` with at most `limit` at a time. */
@@ -125,14 +137,11 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
 }
 
 /** The tree's fingerprint: each module file's path, size and mtime, and the builtin lists. */
-async function fingerprint(dir: string, files: readonly string[]): Promise<string> {
-  const stats = await mapLimit(files, 64, async (f) => {
-    const st = await stat(join(dir, f), { bigint: true });
-    return `${f}\0${st.size}\0${st.mtimeNs}`;
-  });
+async function fingerprint(dir: string, files: ReturnType<typeof listModuleFiles>): Promise<string> {
   const builtin = (await readOptional(join(dir, 'modules.builtin'))) ?? '';
   const builtinInfo = await readFile(join(dir, 'modules.builtin.modinfo')).catch(() => Buffer.alloc(0));
-  return sha256(`domu module index v${MODULE_INDEX_VERSION}\n${stats.join('\n')}\n${sha256(builtin)}\n${sha256(builtinInfo)}`);
+  const lines = files.map((f) => `${f.path}\0${f.size}\0${f.mtimeNs}`).join('\n');
+  return sha256(`domu module index v${MODULE_INDEX_VERSION}\n${lines}\n${sha256(builtin)}\n${sha256(builtinInfo)}`);
 }
 
 interface StoredIndex {
@@ -167,7 +176,7 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
     return { dir, source: 'modules.dep', paths: parseDepFile(depText, join(dir, 'modules.dep')), aliases: parseAliasFile(aliasText), builtin, builtinAliases };
   }
 
-  const files = await listModuleFiles(dir);
+  const files = listModuleFiles(dir);
   const key = opts.cache ? await fingerprint(dir, files) : undefined;
   const storedPath = opts.cache && key ? join(opts.cache.entryPath(CACHE_KIND, key), 'index.json') : undefined;
   if (storedPath) {
@@ -183,10 +192,10 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
   }
 
   // Plain .ko files are read in-process; compressed ones spawn a decompressor each, so fewer at once.
-  const compressed = files.some((f) => !f.endsWith('.ko'));
+  const compressed = files.some((f) => !f.path.endsWith('.ko'));
   const limit = compressed ? Math.max(2, availableParallelism()) : 32;
   let done = 0;
-  const infos = await mapLimit(files, limit, async (f) => {
+  const infos = await mapLimit(files, limit, async ({ path: f }) => {
     const info = await readModinfo(join(dir, f), opts.env);
     if (++done % 500 === 0) opts.progress?.(`indexing modules ${done}/${files.length}`);
     return { path: f, name: normalizeModuleName(info.name), aliases: info.aliases };
@@ -243,8 +252,15 @@ export function normalizeAlias(alias: string): string {
 
 /** Whether `name` matches the alias pattern (as kmod's fnmatch does, both sides normalized). */
 export function aliasMatches(pattern: string, name: string): boolean {
-  const n = normalizeAlias(name);
-  if (!WILDCARD.test(pattern)) return normalizeAlias(pattern) === n;
+  return matchesNormalized(pattern, normalizeAlias(name));
+}
+
+function matchesNormalized(pattern: string, n: string): boolean {
+  const wild = pattern.search(WILDCARD);
+  if (wild < 0) return normalizeAlias(pattern) === n;
+  // The literal head must match first: this skips compiling nearly all of the ~26000 patterns
+  // (pci:v…, usb:v…) for a name like crypto-crc32c.
+  if (!n.startsWith(normalizeAlias(pattern.slice(0, wild)))) return false;
   let re = compiled.get(pattern);
   if (!re) {
     re = globToRegExp(normalizeAlias(pattern));
@@ -256,6 +272,7 @@ export function aliasMatches(pattern: string, name: string): boolean {
 /** The module names an alias resolves to, in index order, without repeats. */
 export function resolveAlias(pairs: readonly [string, string][], name: string): string[] {
   const out: string[] = [];
-  for (const [pattern, module] of pairs) if (aliasMatches(pattern, name) && !out.includes(module)) out.push(module);
+  const n = normalizeAlias(name);
+  for (const [pattern, module] of pairs) if (matchesNormalized(pattern, n) && !out.includes(module)) out.push(module);
   return out;
 }

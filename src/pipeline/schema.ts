@@ -199,6 +199,16 @@ export const kernelSchema = section('kernel settings', {
 
 const moduleName = text('a module name like xen-netfront ([A-Za-z0-9_-])', matches(/^[A-Za-z0-9_-]+$/));
 
+/** An out-of-tree module: a kbuild source directory, built against the guest kernel's headers. */
+const moduleSource = section('out-of-tree module settings', {
+  source: text('the path of an out-of-tree module source directory (with a Kbuild or Makefile)', isPath),
+});
+
+/** A `modules:` entry: a name (or alias) from the kernel's modules, or `{ source: dir }`. */
+const moduleEntry = z.union([moduleName, moduleSource], {
+  error: (iss) => expected('a module name like xen-netfront or { source: <dir> }', iss.input),
+});
+
 export const storeSchema = section('store settings', {
   path: text('an absolute path like /scsistore', isAbsolutePath).prefault('/scsistore'),
   server: text('an IPv4 address like 172.16.31.3', matches(IPV4_RE)).prefault('172.16.31.3'),
@@ -237,7 +247,7 @@ export const descriptionSchema = section('sections', {
   image: imageSchema.prefault({}),
   kernel: kernelSchema.prefault({}),
   modules: z
-    .array(moduleName, { error: (iss) => expected('a list of module names', iss.input, listHint(iss.input)) })
+    .array(moduleEntry, { error: (iss) => expected('a list of module names', iss.input, listHint(iss.input)) })
     .prefault(['xen-netfront']),
   store: storeSchema.prefault({}),
   hosts: hosts.prefault([
