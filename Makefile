@@ -3,8 +3,9 @@
 .PHONY: all setup image test bench typecheck clean
 
 # Packages only the tests need on top of the product's own list (scripts/debian-packages.txt).
-# kmod: the tests compare our .modinfo reader with kmod's modinfo.
-TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross kmod
+# kmod: the tests compare our .modinfo reader with kmod's modinfo (and run depmod).
+# cpio: reads back our own cpio writer's archives. qemu-system-x86: boots the generated ramdisk.
+TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross kmod cpio qemu-system-x86
 
 all: image
 
