@@ -1,12 +1,12 @@
 // The `domu` command line: parses flags, loads the plan, hands it to the pipeline and prints
 // the result. User errors are one line (plus a hint) and exit 2 or 1; never a stack trace.
 import { dirname, resolve } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
 import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
 import { defaultCacheDir } from '../pipeline/cache.js';
-import { BUILD_STAGES, planBuild, planFetch, type Plan, type PlanFlags } from '../pipeline/plan.js';
+import { BUILD_STAGES, planBuild, planFetch, planModules, type Plan, type PlanFlags } from '../pipeline/plan.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../pipeline/schema.js';
 import { parseEpoch } from '../lib/epoch.js';
@@ -32,6 +32,8 @@ interface CommonOpts {
   populate?: string;
   sourceDateEpoch?: string;
   until?: string;
+  forceVermagic?: boolean;
+  kernel?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -53,7 +55,8 @@ function withCommon(cmd: Command): Command {
     .option('--sha256 <hash>', 'expected sha256 of the tarball (required for versions not in busybox-config/releases.hash)')
     .option('--pure-js', 'decompress with unbzip2-stream instead of a native bzip2 child')
     .addOption(new Option('--populate <how>', 'how files get into the image (image.populate)').choices(['auto', 'rootless', 'mount']))
-    .option('--source-date-epoch <seconds>', 'timestamp for everything in the image (default: $SOURCE_DATE_EPOCH, else the busybox release date)');
+    .option('--source-date-epoch <seconds>', 'timestamp for everything in the image (default: $SOURCE_DATE_EPOCH, else the busybox release date)')
+    .option('--force-vermagic', 'copy modules built for another kernel release anyway (a warning each)');
 }
 
 function overridesFrom(o: CommonOpts): Override[] {
@@ -62,7 +65,22 @@ function overridesFrom(o: CommonOpts): Override[] {
   if (o.libc !== undefined) out.push(flagOverride('--libc', ['busybox', 'libc'], o.libc));
   if (o.populate !== undefined) out.push(flagOverride('--populate', ['image', 'populate'], o.populate));
   for (const s of o.set ?? []) out.push(parseSetFlag(s));
+  if (o.kernel !== undefined) out.push(kernelOverride(o.kernel));
   return out;
+}
+
+/** --kernel: a bzImage (kernel.image), a modules directory (kernel.modules) or a Debian package. */
+function kernelOverride(value: string): Override {
+  let st;
+  try {
+    st = statSync(value);
+  } catch {
+    st = undefined;
+  }
+  if (st?.isDirectory()) return flagOverride('--kernel', ['kernel', 'modules'], resolve(value));
+  if (st?.isFile()) return flagOverride('--kernel', ['kernel', 'image'], resolve(value));
+  if (value.includes('/')) throw new InputError(`--kernel ${value}: no such file or directory`, 'give a kernel image, a /lib/modules/<release> directory or a Debian package name');
+  return flagOverride('--kernel', ['kernel', 'package'], value);
 }
 
 function descriptionFile(o: CommonOpts): string | undefined {
@@ -89,6 +107,7 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     until: o.until,
     sourceDateEpoch: epochFrom(o),
     baseDir: file === undefined ? undefined : dirname(resolve(file)),
+    forceVermagic: o.forceVermagic ?? false,
   };
 }
 
@@ -162,11 +181,14 @@ async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   }
 }
 
-function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags) => Plan) {
-  return async (o: CommonOpts) => {
+function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags, args: string[]) => Plan) {
+  return async (...params: unknown[]) => {
+    // commander passes the positional arguments first, then the options.
+    const args = params.length > 2 ? (params[0] as string[]) : [];
+    const o = params[params.length > 2 ? 1 : 0] as CommonOpts;
     let p: Plan;
     try {
-      p = plan(loadFrom(o), flagsFrom(o));
+      p = plan(loadFrom(o), flagsFrom(o), args);
     } catch (e) {
       process.exitCode = printError(e, o.json ?? false, name);
       return;
@@ -204,8 +226,11 @@ export function program(): Command {
       process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatDoctor(r)}\n`);
       process.exitCode = r.ok ? 0 : 1;
     });
+  withCommon(p.command('modules').description('module closure, load order and vermagic checks for a kernel, without building'))
+    .argument('[names...]', 'module names or aliases (default: the modules: list of the build description)')
+    .option('--kernel <image|dir|package>', 'the kernel: a bzImage, a /lib/modules/<release> directory, or a Debian package (default: kernel: of the description)')
+    .action(pipelineCommand('modules', planModules));
   for (const [name, issue, what] of [
-    ['modules', 5, 'module closure and checks for a kernel, without building'],
     ['configs', 6, "regenerate every host's configs; no image work"],
     ['verify', 7, 'QEMU boot check of a built image'],
     ['release', 7, 'versioned artifacts: compressed image, SHA256SUMS, manifest'],

@@ -1,5 +1,7 @@
 // The run summary: one JSON document under --json, a few plain lines otherwise.
+import { statSync } from 'node:fs';
 import type { Plan } from '../pipeline/plan.js';
+import type { ModuleSet } from '../stages/modules.js';
 import type { StageRecord } from '../pipeline/run.js';
 import { DOMU_VERSION } from './version.js';
 
@@ -14,7 +16,42 @@ export interface Summary {
   busybox?: Record<string, unknown>;
   notYetAvailable?: string[];
   image?: Record<string, unknown>;
+  kernel?: Record<string, unknown>;
+  modules?: ModuleReport;
+  boot?: { kernel: string; ramdisk?: string | undefined };
   log?: string;
+}
+
+export interface ModuleReport {
+  release: string;
+  requests: { request: string; modules: string[] }[];
+  /** Load order. */
+  modules: { name: string; path: string; file: string; size: number; depends: string[]; softdepPre: string[]; vermagic: string; verdict: string; kind: string; via: string[] }[];
+  builtin: string[];
+  warnings: string[];
+  index: string;
+}
+
+export function moduleReport(set: ModuleSet): ModuleReport {
+  return {
+    release: set.release,
+    requests: set.closure.requests,
+    modules: set.closure.modules.map((m, i) => ({
+      name: m.name,
+      path: m.path,
+      file: m.file,
+      size: statSync(m.file).size,
+      depends: m.info.depends,
+      softdepPre: m.info.softdepPre,
+      vermagic: m.info.release,
+      verdict: set.verdicts[i]!.verdict,
+      kind: m.kind,
+      via: m.via,
+    })),
+    builtin: set.closure.builtin.map((b) => b.name),
+    warnings: set.closure.warnings,
+    index: set.index.source,
+  };
 }
 
 export function buildSummary(plan: Plan, records: StageRecord[], warnings: { scope: string; message: string }[], extra: Partial<Summary>): Summary {
@@ -45,6 +82,9 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     },
     ...(busybox ? { busybox } : {}),
     ...(plan.state.image ? { image: { ...plan.state.image } } : {}),
+    ...(plan.state.kernel ? { kernel: { ...plan.state.kernel } } : {}),
+    ...(plan.state.moduleSet ? { modules: moduleReport(plan.state.moduleSet) } : plan.state.modules ? { modules: moduleReport(plan.state.modules.set) } : {}),
+    ...(plan.state.boot ? { boot: plan.state.boot } : {}),
     ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
@@ -66,10 +106,30 @@ export function formatSummary(sum: Summary): string {
     lines.push(`  size    ${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (sparse; populated ${img.populate})`);
     lines.push(`  sha256  ${img.sha256}`);
   }
+  const k = sum.kernel as { release: string; origin: string; image: string; modulesDir: string } | undefined;
+  if (k) lines.push(`kernel ${k.release} (${k.origin}): ${k.image}`);
+  if (sum.modules) lines.push(...formatModules(sum.modules));
+  if (sum.boot) {
+    lines.push(`boot ${sum.boot.kernel}`);
+    if (sum.boot.ramdisk) lines.push(`  ramdisk ${sum.boot.ramdisk}`);
+  }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.notYetAvailable?.length) {
     lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')}${img ? '' : ' — no image was built'}`);
   }
   if (sum.log) lines.push(`log: ${sum.log}`);
   return lines.join('\n');
+}
+
+/** The closure as a table: load order, size, vermagic verdict, why it is there. */
+export function formatModules(r: ModuleReport): string[] {
+  const lines = [`modules for ${r.release} (index: ${r.index}), in load order:`];
+  const width = Math.max(4, ...r.modules.map((m) => m.name.length));
+  for (const [i, m] of r.modules.entries()) {
+    const why = m.kind === 'requested' ? 'requested' : `${m.kind} of ${m.via.slice(0, -1).join(' → ') || '?'}`;
+    const deps = m.depends.length ? m.depends.join(',') : '-';
+    lines.push(`  ${String(i + 1).padStart(2)}. ${m.name.padEnd(width)} ${`${Math.round(m.size / 1024)} KiB`.padStart(8)}  vermagic ${m.vermagic} ${m.verdict}  depends ${deps}  (${why})`);
+  }
+  for (const b of r.builtin) lines.push(`  built in: ${b} (nothing to load)`);
+  return lines;
 }

@@ -1,10 +1,13 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2).
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { tempPathFor } from '../lib/atomic.js';
 import { errorMessage, InputError } from '../lib/errors.js';
-import { parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
+import { get, isOn, parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
+import { fetchKernelHeaders } from '../lib/kbuild.js';
+import type { ModuleCompression } from '../lib/modinfo.js';
 import { projectPath } from '../lib/paths.js';
 import { crossTarget } from '../lib/toolchain.js';
 import { compileStage, type CompileOutput } from '../stages/compile.js';
@@ -15,7 +18,11 @@ import { parseDeviceTable } from '../lib/devtable.js';
 import { extractStage, type ExtractOutput } from '../stages/extract.js';
 import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/kconfig.js';
 import { expectedSha256, sourceStage, type SourceInput, type SourceOutput } from '../stages/source.js';
+import { initramfsStage, type InitramfsOutput } from '../stages/initramfs.js';
+import { kernelStage, localBuildDir, type KernelOutput } from '../stages/kernel.js';
+import { modulesStage, resolveModules, type ModulesOutput, type ModuleSet } from '../stages/modules.js';
 import type { PipelineStage } from './run.js';
+import type { StageContext } from './context.js';
 import { DEFAULTS, type Description } from './schema.js';
 
 export interface PlanFlags {
@@ -33,6 +40,8 @@ export interface PlanFlags {
   until?: string | undefined;
   /** Directory of the description file: relative paths in it are resolved from there. */
   baseDir?: string | undefined;
+  /** --force-vermagic: copy modules whose vermagic names another kernel release (warning). */
+  forceVermagic?: boolean;
 }
 
 /** Results shared between the stages of one run, filled as they complete. */
@@ -41,8 +50,15 @@ export interface PlanState {
   extract?: ExtractOutput;
   kconfig?: KconfigOutput;
   compile?: CompileOutput;
+  kernel?: KernelOutput;
+  modules?: ModulesOutput;
+  /** `domu modules`: the closure without a guest layout. */
+  moduleSet?: ModuleSet;
   rootfs?: RootfsOutput;
+  initramfs?: InitramfsOutput;
   image?: ImageOutput;
+  /** Kernel and ramdisk as placed in --out (after the image succeeded). */
+  boot?: { kernel: string; ramdisk?: string | undefined };
 }
 
 export interface Plan {
@@ -54,7 +70,11 @@ export interface Plan {
   notYetAvailable: string[];
 }
 
-export const LATER_STAGES = ['kernel', 'modules', 'initramfs', 'xen configs', 'publish'];
+export const LATER_STAGES = ['xen configs', 'publish'];
+
+/** What the generated ramdisk loads to mount the root: Xen's block front end and ext4 (its
+ * softdep brings crc32c), and virtio for local boot checks under QEMU. */
+export const RAMDISK_MODULES = ['xen-blkfront', 'ext4', 'virtio_blk', 'virtio_pci'];
 export const COMPAT_HEADER = projectPath('busybox-config', 'compat', 'stime.h');
 
 export function sourceInput(desc: Description, flags: PlanFlags): SourceInput {
@@ -234,7 +254,11 @@ function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState): Pipe
     name: 'rootfs',
     title: 'Assemble the root file system',
     run: async (ctx) => {
-      const r = await rootfsStage({ installTree: state.compile!.installTree, skel, deviceTable, guest: desc.guest }, ctx);
+      const m = state.modules;
+      const r = await rootfsStage(
+        { installTree: state.compile!.installTree, skel, deviceTable, guest: desc.guest, ...(m ? { modules: { files: m.files, etcModules: m.etcModules } } : {}) },
+        ctx,
+      );
       state.rootfs = r;
       return { cacheHit: false, note: `${r.files} files, ${r.symlinks} links, ${r.devices.length} device nodes`, outputs: { ...r } };
     },
@@ -256,10 +280,139 @@ function imageTask(desc: Description, flags: PlanFlags, state: PlanState): Pipel
       );
       state.image = img;
       await rm(r.staging, { recursive: true, force: true }); // its content is in the image now
+      state.boot = await placeBoot(desc, flags, state);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
-      return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch } };
+      return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch, boot: state.boot ?? null } };
     },
   };
+}
+
+function kernelTask(desc: Description, state: PlanState, imageOptional = false): PipelineStage {
+  return {
+    name: 'kernel',
+    title: 'Resolve the guest kernel',
+    run: async (ctx) => {
+      const k = await kernelStage({ image: desc.kernel.image, modules: desc.kernel.modules, package: desc.kernel.package, imageOptional }, ctx);
+      state.kernel = k;
+      return { cacheHit: false, note: `${k.release} (${k.origin}${k.package ? ` ${k.package} ${k.version}` : ''})`, outputs: { ...k } };
+    },
+  };
+}
+
+/** Out-of-tree module sources of the description, resolved and checked at plan time. */
+function moduleSources(desc: Description, flags: PlanFlags): string[] {
+  return desc.modules.flatMap((m, i) => {
+    if (typeof m === 'string') return [];
+    const dir = resolve(flags.baseDir ?? process.cwd(), m.source);
+    let ok = false;
+    try {
+      ok = statSync(dir).isDirectory();
+    } catch {
+      ok = false;
+    }
+    if (!ok) throw new InputError(`modules.${i}.source: no such directory ${dir}`, 'give the directory of an out-of-tree module (with a Kbuild or Makefile); relative paths start at the description\'s directory');
+    return [dir];
+  });
+}
+
+const moduleNames = (desc: Description): string[] => desc.modules.filter((m): m is string => typeof m === 'string');
+
+/** Compressions the guest's busybox reads (FEATURE_SEAMLESS_*): such modules stay compressed. */
+function guestLoads(configText: string): Set<ModuleCompression> {
+  const k = parseConfig(configText, '.config');
+  const out = new Set<ModuleCompression>();
+  if (isOn(get(k, 'FEATURE_SEAMLESS_GZ'))) out.add('gzip');
+  if (isOn(get(k, 'FEATURE_SEAMLESS_XZ'))) out.add('xz');
+  return out;
+}
+
+/** The kernel build directory for out-of-tree modules: the kernel's own, else Debian's headers. */
+async function headersFor(k: KernelOutput, ctx: StageContext): Promise<string> {
+  const local = k.origin === 'package' ? undefined : await localBuildDir(k);
+  return local ?? (await fetchKernelHeaders(ctx, { release: k.release })).buildDir;
+}
+
+function modulesTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  const sources = moduleSources(desc, flags);
+  const requests = moduleNames(desc);
+  return {
+    name: 'modules',
+    title: 'Resolve and check kernel modules',
+    run: async (ctx) => {
+      const k = state.kernel!;
+      const buildDir = sources.length ? await headersFor(k, ctx) : undefined;
+      const m = await modulesStage(
+        { release: k.release, modulesDir: k.modulesDir, requests, sources, buildDir, forceVermagic: flags.forceVermagic ?? false, guestLoads: guestLoads(state.kconfig!.config), jobs: flags.jobs },
+        ctx,
+      );
+      state.modules = m;
+      const kib = (n: number) => `${Math.round(n / 1024)} KiB`;
+      return {
+        cacheHit: false,
+        note: `${m.loadOrder.length} modules (${kib(m.bytes)}): ${m.loadOrder.join(' ') || 'none'}`,
+        outputs: { release: m.release, loadOrder: m.loadOrder, modules: m.modules, builtin: m.builtin, warnings: m.warnings, indexSource: m.indexSource, bytes: m.bytes },
+      };
+    },
+  };
+}
+
+function initramfsTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  return {
+    name: 'initramfs',
+    title: 'Generate the guest ramdisk',
+    run: async (ctx) => {
+      const k = state.kernel!;
+      const set = await resolveModules({ release: k.release, modulesDir: k.modulesDir, requests: RAMDISK_MODULES, forceVermagic: flags.forceVermagic ?? false }, ctx);
+      const sourceDateEpoch = flags.sourceDateEpoch ?? (await newestMtime(state.extract!.tree));
+      const r = await initramfsStage(
+        {
+          busybox: join(state.compile!.installTree, 'bin', 'busybox'),
+          release: k.release,
+          modules: set.closure.modules.map((m) => ({ name: m.name, file: m.file, path: m.path })),
+          output: join(ctx.workDir, 'initramfs', `initrd-${k.release}.gz`),
+          sourceDateEpoch,
+        },
+        ctx,
+      );
+      state.initramfs = r;
+      return { cacheHit: false, note: `${(r.size / 1048576).toFixed(1)} MiB, ${r.modules.length} modules`, outputs: { ...r } };
+    },
+  };
+}
+
+/** Put `src` at `dest` atomically (copy to a temp name beside it, then rename). */
+async function placeFile(src: string, dest: string, move: boolean): Promise<void> {
+  await mkdir(dirname(dest), { recursive: true });
+  const tmp = tempPathFor(dest);
+  try {
+    if (move) await rename(src, tmp).catch(() => copyFile(src, tmp));
+    else await copyFile(src, tmp);
+    await rename(tmp, dest);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+/**
+ * The guest kernel and ramdisk into `<out>/boot/`, after the image succeeded, so that a failed
+ * build never leaves a new kernel beside an old image.
+ */
+async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState): Promise<PlanState['boot']> {
+  const k = state.kernel;
+  if (!k) return undefined;
+  const boot = resolve(flags.outDir ?? 'out', 'boot');
+  const kernel = join(boot, `vmlinuz-${k.release}`);
+  await placeFile(k.image!, kernel, false); // the build's kernel stage always has an image
+  let ramdisk: string | undefined;
+  if (state.initramfs) {
+    ramdisk = join(boot, `initrd-${k.release}-${desc.guest.name}.gz`);
+    await placeFile(state.initramfs.path, ramdisk, true);
+  } else if (desc.kernel.ramdisk !== 'none' && desc.kernel.ramdisk !== 'generate') {
+    ramdisk = join(boot, `initrd-${k.release}-${desc.guest.name}.img`);
+    await placeFile(desc.kernel.ramdisk, ramdisk, false);
+  }
+  return { kernel, ramdisk };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
@@ -267,26 +420,69 @@ export function planFetch(description: Description, flags: PlanFlags): Plan {
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
 }
 
-export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'rootfs', 'image'] as const;
+export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image'] as const;
+
+/** `domu modules`: the kernel, then the closure and checks of `names` (default: the description's). */
+export function planModules(description: Description, flags: PlanFlags, names: readonly string[]): Plan {
+  const state: PlanState = {};
+  const requests = names.length ? [...names] : moduleNames(description);
+  const sources = names.length ? [] : moduleSources(description, flags);
+  for (const n of requests) if (!/^[A-Za-z0-9_:.*?[\]-]+$/.test(n)) throw new InputError(`module name ${JSON.stringify(n)}: expected a module name or alias like xen-netfront`);
+  if (!requests.length && !sources.length) throw new InputError('no module names: give NAME arguments or a modules: list in the build description');
+  const resolveTask: PipelineStage = {
+    name: 'modules',
+    title: `Resolve ${[...requests, ...sources].join(', ')}`,
+    run: async (ctx) => {
+      const k = state.kernel!;
+      const input = { release: k.release, modulesDir: k.modulesDir, requests, forceVermagic: flags.forceVermagic ?? false };
+      // Out-of-tree modules of the description have to be compiled before they can be checked.
+      const set = sources.length ? (await modulesStage({ ...input, sources, buildDir: await headersFor(k, ctx), jobs: flags.jobs }, ctx)).set : await resolveModules(input, ctx);
+      state.moduleSet = set;
+      return { cacheHit: set.index.source === 'cached', note: `${set.closure.modules.length} modules: ${set.closure.modules.map((m) => m.name).join(' ')}`, outputs: {} };
+    },
+  };
+  return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask], notYetAvailable: [] };
+}
+
+/** kernel.ramdisk given as a path must be a readable file (plan time: exit 2 before any stage). */
+function checkRamdisk(desc: Description, flags: PlanFlags): void {
+  const r = desc.kernel.ramdisk;
+  if (r === 'generate' || r === 'none') return;
+  let ok = false;
+  try {
+    ok = statSync(resolve(flags.baseDir ?? process.cwd(), r)).isFile();
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new InputError(`kernel.ramdisk: no such file ${r}`, 'give the path of a ramdisk, or generate (the default), or none');
+}
 
 export function planBuild(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
   const last = flags.until === undefined ? BUILD_STAGES.length - 1 : BUILD_STAGES.indexOf(flags.until as (typeof BUILD_STAGES)[number]);
   if (last < 0) throw new InputError(`--until ${flags.until}: no such stage`, `use one of ${BUILD_STAGES.join(', ')}`);
   // Only the stages that will run are planned (and checked): --until compile needs no skel.
-  const builders = [
-    () => sourceTask(description, flags, state),
-    () => extractTask(flags, state),
-    () => kconfigTask(description, flags, state),
-    () => compileTask(flags, state),
-    () => rootfsTask(description, flags, state),
-    () => imageTask(description, flags, state),
-  ];
+  checkRamdisk(description, flags);
+  const ramdisk = description.kernel.ramdisk === 'generate';
+  const builders: Record<(typeof BUILD_STAGES)[number], (() => PipelineStage) | undefined> = {
+    source: () => sourceTask(description, flags, state),
+    extract: () => extractTask(flags, state),
+    kconfig: () => kconfigTask(description, flags, state),
+    compile: () => compileTask(flags, state),
+    kernel: () => kernelTask(description, state),
+    modules: () => modulesTask(description, flags, state),
+    rootfs: () => rootfsTask(description, flags, state),
+    initramfs: ramdisk ? () => initramfsTask(description, flags, state) : undefined,
+    image: () => imageTask(description, flags, state),
+  };
   return {
     command: 'build',
     description,
     state,
-    stages: builders.slice(0, last + 1).map((b) => b()),
+    stages: BUILD_STAGES.slice(0, last + 1).flatMap((n) => {
+      const b = builders[n];
+      return b ? [b()] : [];
+    }),
     notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
   };
 }

@@ -10,6 +10,8 @@ import { listImage, type ImageEntry } from '../../src/lib/e2fs.js';
 import { memoryLogger } from '../../src/lib/log.js';
 import { PROJECT_ROOT } from '../../src/lib/paths.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
+import { getKernelPackage } from '../helpers/kernel-package.js';
+import type { KernelPackage } from '../../src/lib/kernel.js';
 import { domuJson, stage, startDomu } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 
@@ -19,13 +21,18 @@ let dir: string;
 let cache: string;
 let tarball: string;
 let plain: string;
+let kernel: KernelPackage;
+/** The guest kernel from the shared test cache (explicit paths: no second download here). */
+let kernelYaml: string;
 
 beforeAll(async () => {
   tarball = await getBusyboxTarball();
+  kernel = await getKernelPackage();
+  kernelYaml = `kernel:\n  image: ${kernel.image}\n`;
   dir = await tempDir('domu-build-image-');
   cache = join(dir, 'cache');
   plain = join(dir, 'guest.yaml');
-  await writeFile(plain, 'busybox:\n  version: 1.35.0\n');
+  await writeFile(plain, `busybox:\n  version: 1.35.0\n${kernelYaml}`);
 });
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
@@ -74,6 +81,24 @@ describe('the default guest image', () => {
     expect(stat1).toMatch(/Device major\/minor number: 202:0?1 \(hex ca:0?1\)/);
     const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', image])).stdout.trim();
     expect(hostname).toBe('busybox');
+
+    // The modules: xen-netfront in the release tree and flat (the reference lab's insmod line),
+    // modules.dep, and /etc/modules with the load order.
+    const rel = `/lib/modules/${kernel.release}`;
+    const shipped = await stat(join(kernel.modules, 'kernel/drivers/net/xen-netfront.ko'));
+    expect(entries.get(`${rel}/kernel/drivers/net/xen-netfront.ko`)?.size).toBe(shipped.size);
+    expect(entries.get('/lib/modules/xen-netfront.ko')?.size).toBe(shipped.size);
+    const cat = async (p: string) => (await execa('debugfs', ['-R', `cat ${p}`, image])).stdout;
+    expect(await cat(`${rel}/modules.dep`)).toBe('kernel/drivers/net/xen-netfront.ko:');
+    expect((await cat('/etc/modules')).split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(['xen_netfront']);
+    expect(stage(first.s, 'modules').outputs).toMatchObject({ release: kernel.release, loadOrder: ['xen_netfront'] });
+
+    // The kernel and the generated ramdisk beside the image.
+    expect(first.s.boot).toEqual({ kernel: join(dir, 'out1', 'boot', `vmlinuz-${kernel.release}`), ramdisk: join(dir, 'out1', 'boot', `initrd-${kernel.release}-busybox.gz`) });
+    expect((await stat(first.s.boot!.kernel)).size).toBe((await stat(kernel.image)).size);
+    const initramfs = stage(first.s, 'initramfs').outputs as { modules: string[]; sha256: string };
+    expect(initramfs.modules).toEqual(expect.arrayContaining(['xen_blkfront', 'ext4', 'jbd2', 'crc32c_generic', 'virtio_blk', 'virtio_pci']));
+    expect(await readdir(join(dir, 'out1'))).toEqual(['boot', 'busybox.img']);
   }, 300_000);
 
   it('a second build of the same inputs is byte-identical (rootless)', async () => {
@@ -81,6 +106,7 @@ describe('the default guest image', () => {
     expect(again.r.exitCode, again.r.stderr).toBe(0);
     expect(stage(again.s, 'compile').cacheHit).toBe(true);
     expect(stage(again.s, 'image').outputs.sha256).toBe(stage(first.s, 'image').outputs.sha256);
+    expect(stage(again.s, 'initramfs').outputs.sha256).toBe(stage(first.s, 'initramfs').outputs.sha256);
   }, 120_000);
 
   it.skipIf(!isRoot)('loop-mount population holds the same files, modes and link targets (needs root)', async () => {
@@ -111,7 +137,7 @@ describe('interrupted while populating', () => {
     const big = join(lab, 'rootfs-skel', 'opt', 'payload.bin');
     for (let i = 0; i < 12; i++) await writeFile(big, randomBytes(16 << 20), { flag: i ? 'a' : 'w' });
     const guest = join(lab, 'guest.yaml');
-    await writeFile(guest, 'busybox:\n  version: 1.35.0\nimage:\n  skel: rootfs-skel\n  populate: mount\n');
+    await writeFile(guest, `busybox:\n  version: 1.35.0\nimage:\n  skel: rootfs-skel\n  populate: mount\n${kernelYaml}`);
     const out = join(dir, 'out-term');
     await mkdir(out, { recursive: true });
     const previous = join(out, 'busybox.img');
