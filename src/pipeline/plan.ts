@@ -288,6 +288,14 @@ function imageTask(desc: Description, flags: PlanFlags, state: PlanState): Pipel
 }
 
 function kernelTask(desc: Description, state: PlanState, imageOptional = false): PipelineStage {
+  if (desc.busybox.cross_compile && desc.kernel.image === 'auto' && desc.kernel.modules === 'auto') {
+    // auto means this host's kernel or Debian's amd64 package: modules and a ramdisk for another
+    // architecture than the cross-built busybox.
+    throw new InputError(
+      `busybox.cross_compile is ${desc.busybox.cross_compile}, but kernel.image and kernel.modules are auto (this host's architecture)`,
+      'set kernel.image or kernel.modules to a kernel for the guest\'s architecture, or stop with --until compile',
+    );
+  }
   return {
     name: 'kernel',
     title: 'Resolve the guest kernel',
