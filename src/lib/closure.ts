@@ -135,7 +135,7 @@ export async function moduleClosure(index: ModuleIndex, requests: readonly strin
     }
     for (const t of targets) {
       if (t.kind === 'builtin') noteBuiltin(t.name, chain);
-      else if (onStack.includes(t.name)) out.warnings.push(`soft dependency loop ${arrow([...chain, t.name])} ignored`);
+      else if (onStack.includes(t.name)) out.warnings.push(`soft dependency loop ${arrow([...chain.slice(0, -1), t.name])} ignored`);
       else await visit(t.name, [...chain.slice(0, -1), t.name], 'softdep');
     }
   };
