@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
 import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
 import { defaultCacheDir } from '../pipeline/cache.js';
-import { BUILD_STAGES, planBuild, planFetch, planModules, type Plan, type PlanFlags } from '../pipeline/plan.js';
+import { BUILD_STAGES, planBuild, planConfigs, planFetch, planModules, type Plan, type PlanFlags } from '../pipeline/plan.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../pipeline/schema.js';
 import { parseEpoch } from '../lib/epoch.js';
@@ -34,6 +34,7 @@ interface CommonOpts {
   until?: string;
   forceVermagic?: boolean;
   kernel?: string;
+  allowInconsistent?: boolean;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -56,7 +57,8 @@ function withCommon(cmd: Command): Command {
     .option('--pure-js', 'decompress with unbzip2-stream instead of a native bzip2 child')
     .addOption(new Option('--populate <how>', 'how files get into the image (image.populate)').choices(['auto', 'rootless', 'mount']))
     .option('--source-date-epoch <seconds>', 'timestamp for everything in the image (default: $SOURCE_DATE_EPOCH, else the busybox release date)')
-    .option('--force-vermagic', 'copy modules built for another kernel release anyway (a warning each)');
+    .option('--force-vermagic', 'copy modules built for another kernel release anyway (a warning each)')
+    .option('--allow-inconsistent', 'hosts that disagree on kernel, ramdisk, disk or bridge are a warning, not an error');
 }
 
 function overridesFrom(o: CommonOpts): Override[] {
@@ -108,6 +110,7 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     sourceDateEpoch: epochFrom(o),
     baseDir: file === undefined ? undefined : dirname(resolve(file)),
     forceVermagic: o.forceVermagic ?? false,
+    allowInconsistent: o.allowInconsistent ?? false,
   };
 }
 
@@ -230,8 +233,10 @@ export function program(): Command {
     .argument('[names...]', 'module names or aliases (default: the modules: list of the build description)')
     .option('--kernel <image|dir|package>', 'the kernel: a bzImage, a /lib/modules/<release> directory, or a Debian package (default: kernel: of the description)')
     .action(pipelineCommand('modules', planModules));
+  withCommon(p.command('configs').description("regenerate every host's Xen and host configs from the description; no image work (npm run configs)")).action(
+    pipelineCommand('configs', planConfigs),
+  );
   for (const [name, issue, what] of [
-    ['configs', 6, "regenerate every host's configs; no image work"],
     ['verify', 7, 'QEMU boot check of a built image'],
     ['release', 7, 'versioned artifacts: compressed image, SHA256SUMS, manifest'],
   ] as const) {

@@ -19,6 +19,7 @@ export interface Summary {
   kernel?: Record<string, unknown>;
   modules?: ModuleReport;
   boot?: { kernel: string; ramdisk?: string | undefined };
+  configs?: { files: string[]; written: number; unchanged: number; removed: string[]; domain: Record<string, unknown> };
   log?: string;
 }
 
@@ -85,6 +86,7 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.kernel ? { kernel: { ...plan.state.kernel } } : {}),
     ...(plan.state.moduleSet ? { modules: moduleReport(plan.state.moduleSet) } : plan.state.modules ? { modules: moduleReport(plan.state.modules.set) } : {}),
     ...(plan.state.boot ? { boot: plan.state.boot } : {}),
+    ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
     ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
@@ -112,6 +114,12 @@ export function formatSummary(sum: Summary): string {
   if (sum.boot) {
     lines.push(`boot ${sum.boot.kernel}`);
     if (sum.boot.ramdisk) lines.push(`  ramdisk ${sum.boot.ramdisk}`);
+  }
+  if (sum.configs) {
+    const c = sum.configs;
+    lines.push(`configs ${c.files.length} files (${c.written} written, ${c.unchanged} unchanged${c.removed.length ? `, ${c.removed.length} stale removed` : ''})`);
+    const cfgs = c.files.filter((x) => x.startsWith('xen/'));
+    if (cfgs.length <= 12) for (const f of cfgs) lines.push(`  ${f}`);
   }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.notYetAvailable?.length) {

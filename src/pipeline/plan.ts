@@ -19,6 +19,7 @@ import { extractStage, type ExtractOutput } from '../stages/extract.js';
 import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/kconfig.js';
 import { expectedSha256, sourceStage, type SourceInput, type SourceOutput } from '../stages/source.js';
 import { initramfsStage, type InitramfsOutput } from '../stages/initramfs.js';
+import { renderConfigs, writeConfigs, type BootFiles, type XenConfigsOutput } from '../stages/xenconfigs.js';
 import { kernelStage, localBuildDir, type KernelOutput } from '../stages/kernel.js';
 import { modulesStage, resolveModules, type ModulesOutput, type ModuleSet } from '../stages/modules.js';
 import type { PipelineStage } from './run.js';
@@ -42,6 +43,8 @@ export interface PlanFlags {
   baseDir?: string | undefined;
   /** --force-vermagic: copy modules whose vermagic names another kernel release (warning). */
   forceVermagic?: boolean;
+  /** --allow-inconsistent: hosts that disagree on kernel/ramdisk/disk/bridge are a warning. */
+  allowInconsistent?: boolean;
 }
 
 /** Results shared between the stages of one run, filled as they complete. */
@@ -59,6 +62,7 @@ export interface PlanState {
   image?: ImageOutput;
   /** Kernel and ramdisk as placed in --out (after the image succeeded). */
   boot?: { kernel: string; ramdisk?: string | undefined };
+  configs?: XenConfigsOutput;
 }
 
 export interface Plan {
@@ -70,7 +74,7 @@ export interface Plan {
   notYetAvailable: string[];
 }
 
-export const LATER_STAGES = ['xen configs', 'publish'];
+export const LATER_STAGES = ['publish'];
 
 /** What the generated ramdisk loads to mount the root: Xen's block front end and ext4 (its
  * softdep brings crc32c), and virtio for local boot checks under QEMU. */
@@ -280,7 +284,7 @@ function imageTask(desc: Description, flags: PlanFlags, state: PlanState): Pipel
       );
       state.image = img;
       await rm(r.staging, { recursive: true, force: true }); // its content is in the image now
-      state.boot = await placeBoot(desc, flags, state);
+      if (desc.kernel.ship) state.boot = await placeBoot(desc, flags, state);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
       return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch, boot: state.boot ?? null } };
     },
@@ -410,17 +414,56 @@ async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState):
   const k = state.kernel;
   if (!k) return undefined;
   const boot = resolve(flags.outDir ?? 'out', 'boot');
-  const kernel = join(boot, `vmlinuz-${k.release}`);
+  const names = bootNames(desc, k.release);
+  const kernel = join(boot, names.kernel!);
   await placeFile(k.image!, kernel, false); // the build's kernel stage always has an image
   let ramdisk: string | undefined;
   if (state.initramfs) {
-    ramdisk = join(boot, `initrd-${k.release}-${desc.guest.name}.gz`);
+    ramdisk = join(boot, names.ramdisk!);
     await placeFile(state.initramfs.path, ramdisk, true);
-  } else if (desc.kernel.ramdisk !== 'none' && desc.kernel.ramdisk !== 'generate') {
-    ramdisk = join(boot, `initrd-${k.release}-${desc.guest.name}.img`);
-    await placeFile(desc.kernel.ramdisk, ramdisk, false);
+  } else if (names.ramdisk) {
+    ramdisk = join(boot, names.ramdisk);
+    await placeFile(resolve(flags.baseDir ?? process.cwd(), desc.kernel.ramdisk), ramdisk, false);
   }
   return { kernel, ramdisk };
+}
+
+/** The names of kernel and ramdisk in the store's boot/ (the same in --out and in every config). */
+export function bootNames(desc: Description, release: string): BootFiles {
+  const r = desc.kernel.ramdisk;
+  return {
+    kernel: `vmlinuz-${release}`,
+    ramdisk: r === 'none' ? undefined : `initrd-${release}-${desc.guest.name}.${r === 'generate' ? 'gz' : 'img'}`,
+  };
+}
+
+/**
+ * The xen configs stage: rendered once at plan time with a placeholder release, so that a bad
+ * inventory (unsafe values, hosts that disagree) is exit 2 before anything runs; rendered for
+ * real and written into --out when the stage runs (after the image, in a build).
+ */
+function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  renderConfigs(desc, bootNames(desc, '0.0.0-plan'), { allowInconsistent: flags.allowInconsistent ?? false });
+  const out = resolve(flags.outDir ?? 'out');
+  return {
+    name: 'xen configs',
+    title: `Render the Xen configs for ${desc.hosts.length} host${desc.hosts.length === 1 ? '' : 's'}`,
+    run: async (ctx) => {
+      const boot = state.kernel ? bootNames(desc, state.kernel.release) : {};
+      const result = renderConfigs(desc, boot, { allowInconsistent: flags.allowInconsistent ?? false });
+      const c = await writeConfigs(result, out, ctx);
+      state.configs = c;
+      return { cacheHit: false, note: `${c.files.length} files (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
+    },
+  };
+}
+
+/** `domu configs`: the kernel's release (for boot/ names, when shipped), then the configs. */
+export function planConfigs(description: Description, flags: PlanFlags): Plan {
+  const state: PlanState = {};
+  checkRamdisk(description, flags);
+  const stages = [...(description.kernel.ship ? [kernelTask(description, state, true)] : []), xenConfigsTask(description, flags, state)];
+  return { command: 'configs', description, state, stages, notYetAvailable: [] };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
@@ -428,7 +471,7 @@ export function planFetch(description: Description, flags: PlanFlags): Plan {
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
 }
 
-export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image'] as const;
+export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs'] as const;
 
 /** `domu modules`: the kernel, then the closure and checks of `names` (default: the description's). */
 export function planModules(description: Description, flags: PlanFlags, names: readonly string[]): Plan {
@@ -482,6 +525,7 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
     rootfs: () => rootfsTask(description, flags, state),
     initramfs: ramdisk ? () => initramfsTask(description, flags, state) : undefined,
     image: () => imageTask(description, flags, state),
+    'xen configs': () => xenConfigsTask(description, flags, state),
   };
   return {
     command: 'build',

@@ -55,7 +55,14 @@ function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
 const matches = (re: RegExp) => (s: string) => re.test(s);
 
 /** Text that goes into quoted strings of generated files: no quotes, newlines or NULs. */
-const safeText = (s: string) => !/["\n\r\0]/.test(s);
+/**
+ * Text that goes into quoted strings of generated files (Xen configs, sxp, ifcfg): no quotes of
+ * either kind, no backslash (an escape in some of those grammars), no `#` (a comment in all of
+ * them), no control characters (newline, NUL, …).
+ */
+// eslint-disable-next-line no-control-regex
+const safeText = (s: string) => !/["'\\#\x00-\x1f\x7f]/.test(s);
+const SAFE_NOTE = '(no quotes, backslashes, # or control characters)';
 const isAbsolutePath = (s: string) => s.startsWith('/') && safeText(s);
 const isPath = (s: string) => s.length > 0 && safeText(s);
 
@@ -64,6 +71,19 @@ const IPV4_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
 const CIDR_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}/(?:3[0-2]|[12]?\\d)$`);
 const LABEL = '[a-z0-9](?:[a-z0-9-]*[a-z0-9])?';
 const IQN_RE = new RegExp(`^iqn\\.\\d{4}-(?:0[1-9]|1[0-2])\\.${LABEL}(?:\\.${LABEL})*:[a-z0-9.:-]+$`);
+
+function isNetmask(s: string): boolean {
+  if (!IPV4_RE.test(s)) return false;
+  const bits = s.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  const inv = 2 ** 32 - 1 - bits;
+  return (inv & (inv + 1)) === 0; // ones then zeros
+}
+
+const MAC_RE = /^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$/;
+/** A MAC address for a NIC: six hex octets, not multicast (bit 0 of the first octet), not all zero. */
+function isUnicastMac(s: string): boolean {
+  return MAC_RE.test(s) && (parseInt(s.slice(0, 2), 16) & 1) === 0 && !/^(?:00:){5}00$/.test(s);
+}
 
 function isHttpUrl(s: string): boolean {
   if (!/^https?:\/\//.test(s)) return false;
@@ -157,9 +177,13 @@ function section<S extends z.ZodRawShape>(what: string, shape: S) {
 export const guestSchema = section('guest settings', {
   name: text('a guest name of up to 64 characters [a-z0-9_.-], starting with a letter or digit', matches(/^[a-z0-9][a-z0-9_.-]{0,63}$/)).prefault('busybox'),
   memory: memory.prefault(512),
+  /** Maximum memory in MiB (balloon limit); default: memory. */
+  maxmem: memory.optional(),
   vcpus: vcpus.prefault(1),
-  root: text('a root device and options, e.g. "/dev/xvda ro" (no quotes or newlines)', (s) => s.length > 0 && safeText(s)).prefault('/dev/xvda ro'),
-  extra: text('kernel command line text (no quotes or newlines)', safeText).prefault('selinux=0 init=/bin/sh'),
+  root: text(`a root device and options, e.g. "/dev/xvda ro" ${SAFE_NOTE}`, (s) => s.length > 0 && safeText(s)).prefault('/dev/xvda ro'),
+  extra: text(`kernel command line text ${SAFE_NOTE}`, safeText).prefault('selinux=0 init=/bin/sh'),
+  /** The guest NIC's MAC; default: derived from the guest name inside Xen's 00:16:3e prefix. */
+  mac: text('a unicast MAC address like 00:16:3e:12:34:56', isUnicastMac).transform((m) => m.toLowerCase()).optional(),
   on_crash: oneOf(CRASH_ACTIONS).prefault('destroy'),
   on_reboot: oneOf(CRASH_ACTIONS).prefault('destroy'),
   on_poweroff: oneOf(CRASH_ACTIONS).prefault('destroy'),
@@ -194,6 +218,12 @@ export const kernelSchema = section('kernel settings', {
   image: text('auto or an absolute path like /boot/vmlinuz-<release>', (s) => s === 'auto' || isAbsolutePath(s)).prefault('auto'),
   modules: text('auto or an absolute path like /lib/modules/<release>', (s) => s === 'auto' || isAbsolutePath(s)).prefault('auto'),
   ramdisk: text('generate, none or an absolute path', (s) => s === 'generate' || s === 'none' || isAbsolutePath(s)).prefault('generate'),
+  /**
+   * Copy the kernel and ramdisk into the store's boot/ (the configs name them there, the same on
+   * every host); false: the configs name kernel.image / kernel.ramdisk as given, which must then
+   * exist at that path on every Dom0 (the reference lab's way).
+   */
+  ship: z.boolean({ error: (iss) => expected('true or false', iss.input) }).prefault(true),
   package: text('a Debian package name like linux-image-amd64', matches(/^[a-z0-9][a-z0-9+.-]+$/)).prefault('linux-image-amd64'),
 });
 
@@ -214,12 +244,43 @@ export const storeSchema = section('store settings', {
   server: text('an IPv4 address like 172.16.31.3', matches(IPV4_RE)).prefault('172.16.31.3'),
   iqn: text('an iSCSI name like iqn.2015-02.com.example:target (lowercase)', matches(IQN_RE)).prefault('iqn.2015-02.com.stu31:t1'),
   initiators: text('an IPv4 network like 172.16.31.0/24', matches(CIDR_RE)).prefault('172.16.31.0/24'),
+  /** The target's backing store on the storage server (targets.conf). */
+  backing_store: text('an absolute path like /dev/sda3', isAbsolutePath).prefault('/dev/sda3'),
 });
+
+export const xenSchema = section('Xen settings', {
+  /** xl (Xen ≥ 4.5) or xm (xend, the reference lab's Xen 4.2). */
+  toolstack: oneOf(['xl', 'xm'] as const).prefault('xl'),
+  /** xend's relocation port (xm live migration). */
+  relocation_port: z
+    .number({ error: (iss) => expected('a TCP port from 1 to 65535', iss.input) })
+    .superRefine((n, ctx) => {
+      if (!Number.isInteger(n) || n < 1 || n > 65535) ctx.addIssue({ code: 'custom', message: expected('a TCP port from 1 to 65535', n) });
+    })
+    .prefault(8002),
+});
+
+/** The Dom0s' network (ifcfg files), shared by every host. */
+export const networkSchema = section('network settings', {
+  netmask: text('an IPv4 netmask like 255.255.0.0', isNetmask).prefault('255.255.0.0'),
+  gateway: text('an IPv4 address like 172.16.0.1', matches(IPV4_RE)).prefault('172.16.0.1'),
+});
+
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 
 export const hostSchema = section('host settings', {
   name: text('a host name [a-z0-9-], starting with a letter or digit', matches(/^[a-z0-9][a-z0-9-]{0,62}$/)),
   address: text('an IPv4 address like 172.16.31.1', matches(IPV4_RE)),
-  bridge: text('a bridge name of 1 to 15 characters [A-Za-z0-9_.-]', matches(/^[A-Za-z0-9_.-]{1,15}$/)),
+  bridge: text('a bridge name of 1 to 15 characters [A-Za-z0-9_.-]', matches(IFNAME)),
+  /** The physical NIC enslaved to the bridge (ifcfg-<nic>). */
+  nic: text('an interface name of 1 to 15 characters [A-Za-z0-9_.-]', matches(IFNAME)).prefault('eth0'),
+  /** The NIC's MAC (HWADDR in ifcfg-<nic>); optional. */
+  hwaddr: text('a unicast MAC address like 08:00:27:16:d9:aa', isUnicastMac).transform((m) => m.toLowerCase()).optional(),
+  /** Where this host mounts the store, when not store.path. Must agree across hosts (migration). */
+  store_path: text('an absolute path like /scsistore', isAbsolutePath).optional(),
+  /** This host's kernel / ramdisk path in the domain config. Must agree across hosts (migration). */
+  kernel: text('an absolute path like /boot/vmlinuz-<release>', isAbsolutePath).optional(),
+  ramdisk: text('an absolute path like /boot/initrd.img-<release>', isAbsolutePath).optional(),
 });
 
 const hosts = z
@@ -229,7 +290,7 @@ const hosts = z
       ctx.addIssue({ code: 'custom', message: 'expected at least one host, got an empty list' });
       return;
     }
-    for (const key of ['name', 'address'] as const) {
+    for (const key of ['name', 'address', 'hwaddr'] as const) {
       const seen = new Map<string, number>();
       list.forEach((h, i) => {
         const v = (h as Partial<Record<string, unknown>> | undefined)?.[key];
@@ -250,19 +311,32 @@ export const descriptionSchema = section('sections', {
     .array(moduleEntry, { error: (iss) => expected('a list of module names', iss.input, listHint(iss.input)) })
     .prefault(['xen-netfront']),
   store: storeSchema.prefault({}),
+  xen: xenSchema.prefault({}),
+  network: networkSchema.prefault({}),
   hosts: hosts.prefault([
-    { name: 'test1', address: '172.16.31.1', bridge: 'xenbr0' },
-    { name: 'test2', address: '172.16.31.2', bridge: 'xenbr0' },
+    { name: 'test1', address: '172.16.31.1', bridge: 'xenbr0', hwaddr: '08:00:27:16:d9:aa' },
+    { name: 'test2', address: '172.16.31.2', bridge: 'xenbr0', hwaddr: '08:00:27:6a:9d:57' },
   ]),
+}).superRefine((d, ctx) => {
+  // Cross-key checks, each at the key to fix.
+  if (d.guest.maxmem !== undefined && d.guest.maxmem < d.guest.memory) {
+    ctx.addIssue({ code: 'custom', path: ['guest', 'maxmem'], message: `expected at least guest.memory (${d.guest.memory} MiB), got ${d.guest.maxmem}` });
+  }
+  const mac = d.guest.mac;
+  if (mac !== undefined) {
+    d.hosts.forEach((h, i) => {
+      if (h.hwaddr === mac) ctx.addIssue({ code: 'custom', path: ['guest', 'mac'], message: `${mac} is also hosts.${i}.hwaddr (${h.name}): a MAC must be unique on the network` });
+    });
+  }
 });
 
 export type Description = z.output<typeof descriptionSchema>;
 export type DescriptionInput = z.input<typeof descriptionSchema>;
 
 /** The mapping sections (an empty `kernel:` in a file means "all defaults"). */
-export const SECTIONS = ['guest', 'busybox', 'image', 'kernel', 'store'] as const;
+export const SECTIONS = ['guest', 'busybox', 'image', 'kernel', 'store', 'xen', 'network'] as const;
 
-const SECTION_SCHEMAS = { guest: guestSchema, busybox: busyboxSchema, image: imageSchema, kernel: kernelSchema, store: storeSchema };
+const SECTION_SCHEMAS = { guest: guestSchema, busybox: busyboxSchema, image: imageSchema, kernel: kernelSchema, store: storeSchema, xen: xenSchema, network: networkSchema };
 
 /** The keys allowed in the mapping at `path` (for "unknown key" messages), or undefined. */
 export function allowedKeys(path: readonly PropertyKey[]): string[] | undefined {

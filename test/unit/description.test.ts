@@ -81,12 +81,14 @@ describe('defaults', () => {
       },
       busybox: { version: '1.22.1', fallback: 'distro', fragment: 'busybox-config/static.fragment', libc: 'glibc', mirrors: [] },
       image: { file: 'busybox.img', size: 1073741824, populate: 'auto', skel: 'rootfs-skel' },
-      kernel: { image: 'auto', modules: 'auto', ramdisk: 'generate', package: 'linux-image-amd64' },
+      kernel: { image: 'auto', modules: 'auto', ramdisk: 'generate', ship: true, package: 'linux-image-amd64' },
       modules: ['xen-netfront'],
-      store: { path: '/scsistore', server: '172.16.31.3', iqn: 'iqn.2015-02.com.stu31:t1', initiators: '172.16.31.0/24' },
+      store: { path: '/scsistore', server: '172.16.31.3', iqn: 'iqn.2015-02.com.stu31:t1', initiators: '172.16.31.0/24', backing_store: '/dev/sda3' },
+      xen: { toolstack: 'xl', relocation_port: 8002 },
+      network: { netmask: '255.255.0.0', gateway: '172.16.0.1' },
       hosts: [
-        { name: 'test1', address: '172.16.31.1', bridge: 'xenbr0' },
-        { name: 'test2', address: '172.16.31.2', bridge: 'xenbr0' },
+        { name: 'test1', address: '172.16.31.1', bridge: 'xenbr0', nic: 'eth0', hwaddr: '08:00:27:16:d9:aa' },
+        { name: 'test2', address: '172.16.31.2', bridge: 'xenbr0', nic: 'eth0', hwaddr: '08:00:27:6a:9d:57' },
       ],
     });
     expect(descriptionSchema.parse({})).toEqual(DEFAULTS);
@@ -147,7 +149,7 @@ describe('merging: defaults ← file ← flags', () => {
     });
     expect(d.busybox.version).toBe('1.36.1');
     expect(d.modules).toEqual(['xen-blkfront', 'ext4']);
-    expect(d.hosts[1]).toEqual({ name: 'test2', address: '172.16.31.2', bridge: 'xenbr1' });
+    expect(d.hosts[1]).toEqual({ name: 'test2', address: '172.16.31.2', bridge: 'xenbr1', nic: 'eth0', hwaddr: '08:00:27:6a:9d:57' });
     expect(d.hosts[0]).toEqual(DEFAULTS.hosts[0]);
     expect(d.busybox.mirrors).toEqual(['https://mirror.example/busybox']);
   });
@@ -195,10 +197,10 @@ describe('errors name the file, line, column and key path', () => {
     const lines = e.message.split('\n');
     expect(lines).toHaveLength(2);
     expect(lines[0]).toBe(
-      `${file}:3:3: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, vcpus, root, extra, on_crash, on_reboot, on_poweroff); did you mean "memory"?`,
+      `${file}:3:3: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff); did you mean "memory"?`,
     );
     expect(at('unknown-keys.yaml', 3, 3)).toMatch(/^memroy:/);
-    expect(lines[1]).toBe(`${file}:6:1: colour: unknown key "colour" at the top level (allowed: guest, busybox, image, kernel, modules, store, hosts)`);
+    expect(lines[1]).toBe(`${file}:6:1: colour: unknown key "colour" at the top level (allowed: guest, busybox, image, kernel, modules, store, xen, network, hosts)`);
     expect(at('unknown-keys.yaml', 6, 1)).toMatch(/^colour:/);
   });
 
@@ -234,7 +236,7 @@ describe('errors name the file, line, column and key path', () => {
   it('a top level that is not a mapping is an error', () => {
     const file = fixture('not-a-mapping.yaml');
     expect(inputError(() => loadDescription({ file })).message).toMatch(
-      new RegExp(`:1:1: the build description must be a mapping of sections \\(guest, busybox, image, kernel, modules, store, hosts\\), got a list$`),
+      new RegExp(`:1:1: the build description must be a mapping of sections \\(guest, busybox, image, kernel, modules, store, xen, network, hosts\\), got a list$`),
     );
     expect(inputError(() => loadDescription({ file: 'g.yaml', text: 'hello\n' })).message).toMatch(/^g\.yaml:1:1: .*got "hello"$/);
   });
@@ -266,7 +268,7 @@ describe('errors name the file, line, column and key path', () => {
     expect(lines[0]).toMatch(/many-errors\.yaml:2:9: guest\.name: expected a guest name .*, got "Busybox"$/);
     expect(lines[1]).toMatch(/:3:11: guest\.memory: expected at least 16 MiB, got 8$/);
     expect(e.message).toContain('hosts.1.address: duplicate host address "172.16.31.1" (already hosts.0.address)');
-    expect(e.message).toContain('hosts.1.extra: unknown key "extra" in hosts.1 (allowed: name, address, bridge)');
+    expect(e.message).toContain('hosts.1.extra: unknown key "extra" in hosts.1 (allowed: name, address, bridge, nic, hwaddr, store_path, kernel, ramdisk)');
   });
 
   it('a missing host key points at the host entry', () => {
@@ -330,7 +332,7 @@ describe('flags', () => {
     const overrides: Override[] = [parseSetFlag('guest.memroy=1024'), parseSetFlag('hosts.2.name=test3')];
     const lines = inputError(() => loadDescription({ file: fixture('partial.yaml'), overrides })).message.split('\n');
     expect(lines).toEqual([
-      'flag --set guest.memroy=1024: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, vcpus, root, extra, on_crash, on_reboot, on_poweroff); did you mean "memory"?',
+      'flag --set guest.memroy=1024: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff); did you mean "memory"?',
       'flag --set hosts.2.name=test3: hosts.2.address: missing: expected an IPv4 address like 172.16.31.1',
       'flag --set hosts.2.name=test3: hosts.2.bridge: missing: expected a bridge name of 1 to 15 characters [A-Za-z0-9_.-]',
     ]);

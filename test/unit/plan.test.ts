@@ -30,9 +30,9 @@ function inputError(f: () => unknown): InputError {
 }
 
 describe('planBuild', () => {
-  it('has every designed stage up to the image, in order', () => {
+  it('has every designed stage up to the xen configs, in order', () => {
     expect(planBuild(desc(''), flags()).stages.map((s) => s.name)).toEqual([...BUILD_STAGES]);
-    expect(BUILD_STAGES).toEqual(['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image']);
+    expect(BUILD_STAGES).toEqual(['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs']);
   });
 
   it('kernel.ramdisk none or a path: no initramfs stage; a missing ramdisk file is bad input', async () => {

@@ -1,0 +1,227 @@
+// The xen configs stage (design.md, "xen configs"): from the validated inventory, every file the
+// lab's Dom0s and storage server need, rendered from the handlebars templates in xen-configs/:
+//   xen/<host>/<guest>.cfg        the domain config per Dom0 (xl or xm dialect, xen.toolstack)
+//   xen/<guest>.MIGRATION.md      the exact commands to start and migrate the guest
+//   hosts/<host>/ifcfg-<bridge>   the bridge, and ifcfg-<nic> the NIC in it (reference lab)
+//   hosts/<host>/xend-relocation.sxp  (xm only: xend is gone with xl) relocation restricted to
+//                                 the other Dom0s
+//   storage/targets.conf          the tgt target of the shared store
+// Every file starts with the generated-file header (genheader.ts). Rendering is pure and
+// happens completely in memory before anything is written; templates are strict (a missing
+// value is an error, never an empty string) and every value goes through quoted()/raw() checks.
+// Migration consistency: kernel, ramdisk, disk target and bridge must be the same for every host.
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import Handlebars from 'handlebars';
+import { writeFileAtomic } from '../lib/atomic.js';
+import { DomuError, InputError } from '../lib/errors.js';
+import { checkHeader, withHeader, type CommentStyle } from '../lib/genheader.js';
+import { projectPath } from '../lib/paths.js';
+import { derivedMac, derivedUuid, quoted, relocationAllow } from '../lib/xencfg.js';
+import type { Description } from '../pipeline/schema.js';
+import type { StageContext } from '../pipeline/context.js';
+import { DOMU_VERSION } from '../cli/version.js';
+
+export const TEMPLATE_DIR = projectPath('xen-configs');
+
+export interface BootFiles {
+  /** The kernel's file name in the store's boot/ (when shipped), e.g. vmlinuz-6.1.0-56-amd64. */
+  kernel?: string | undefined;
+  /** The ramdisk's file name in boot/ (when there is one and it is shipped). */
+  ramdisk?: string | undefined;
+}
+
+export interface GeneratedFile {
+  /** Relative to the output (store-shaped) directory. */
+  path: string;
+  content: string;
+  template: string;
+}
+
+export interface RenderOptions {
+  allowInconsistent?: boolean;
+  /** Another template directory (tests). */
+  templateDir?: string;
+}
+
+export interface RenderResult {
+  files: GeneratedFile[];
+  warnings: string[];
+  /** What every host's config names (the consistent set). */
+  domain: { kernel: string; ramdisk: string | null; disk: string; bridge: string; mac: string; uuid: string };
+}
+
+const compiled = new Map<string, HandlebarsTemplateDelegate>();
+
+function template(dir: string, name: string): HandlebarsTemplateDelegate {
+  const path = join(dir, name);
+  let t = compiled.get(path);
+  if (!t) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      throw new DomuError(`template ${path} cannot be read`, { hint: 'reinstall domu-builder: xen-configs/ is part of it' });
+    }
+    const hb = Handlebars.create();
+    hb.registerHelper('q', (value: unknown, key: unknown) => {
+      if (typeof value !== 'string' && typeof value !== 'number') throw new DomuError(`${name}: no value for ${String(key)}`);
+      return quoted(String(value), String(key));
+    });
+    // A value inside a quoted list item (disk, vif): the same checks, without quotes.
+    hb.registerHelper('raw', (value: unknown, key: unknown) => {
+      if (typeof value !== 'string') throw new DomuError(`${name}: no value for ${String(key)}`);
+      return quoted(value, String(key)).slice(1, -1);
+    });
+    t = hb.compile(text, { strict: true, noEscape: true });
+    compiled.set(path, t);
+  }
+  return t;
+}
+
+function render(dir: string, name: string, data: object, style: CommentStyle = '#'): string {
+  let body: string;
+  try {
+    body = template(dir, name)(data);
+  } catch (e) {
+    if (e instanceof DomuError) throw e;
+    // Strict mode: "x" not defined — a template that asks for a value the inventory has not.
+    throw new DomuError(`template ${name}: ${(e as Error).message}`, { hint: 'the template asks for a value domu does not provide; fix the template' });
+  }
+  return withHeader(body, { generator: 'domu-builder', version: DOMU_VERSION, source: `xen-configs/${name}`, style });
+}
+
+interface HostDomain {
+  kernel: string;
+  ramdisk: string | null;
+  disk: string;
+  bridge: string;
+}
+
+/** What the domain config names on `host` (its overrides applied). */
+function hostDomain(desc: Description, host: Description['hosts'][number], boot: BootFiles): HostDomain {
+  const storePath = host.store_path ?? desc.store.path;
+  const shipped = (file: string | undefined) => (file ? `${storePath}/boot/${file}` : undefined);
+  const kernel = host.kernel ?? (desc.kernel.ship ? shipped(boot.kernel) : desc.kernel.image);
+  if (!kernel || kernel === 'auto') {
+    throw new InputError('kernel.ship is false and kernel.image is auto: the domain configs need the kernel\'s path on the Dom0s', 'set kernel.image to a path that exists on every Dom0, or kernel.ship: true');
+  }
+  const given = desc.kernel.ramdisk;
+  const ramdisk = host.ramdisk ?? (desc.kernel.ship ? shipped(boot.ramdisk) : given === 'none' || given === 'generate' ? undefined : given);
+  return { kernel, ramdisk: ramdisk ?? null, disk: `${storePath}/${desc.image.file}`, bridge: host.bridge };
+}
+
+/** Every host must name the same kernel, ramdisk, disk and bridge; else an error per difference. */
+function checkConsistency(desc: Description, domains: HostDomain[], allow: boolean): string[] {
+  const problems: string[] = [];
+  const first = desc.hosts[0]!;
+  const keyOf: Record<keyof HostDomain, string> = { kernel: 'kernel', ramdisk: 'ramdisk', disk: 'store_path', bridge: 'bridge' };
+  domains.forEach((d, i) => {
+    if (i === 0) return;
+    for (const k of ['kernel', 'ramdisk', 'disk', 'bridge'] as const) {
+      if (d[k] !== domains[0]![k]) {
+        const h = desc.hosts[i]!;
+        problems.push(`hosts.${i}.${keyOf[k]} (${h.name}): the ${k === 'disk' ? 'disk target' : k} ${JSON.stringify(d[k])} differs from ${JSON.stringify(domains[0]![k])} on hosts.0 (${first.name}): live migration needs the same ${k === 'disk' ? 'disk path' : k} on every host`);
+      }
+    }
+  });
+  if (problems.length && !allow) {
+    throw new InputError(problems.join('\n'), 'make the hosts agree, or pass --allow-inconsistent to write the configs anyway (migration between those hosts will fail)');
+  }
+  return problems;
+}
+
+/** Render every generated file of the inventory (pure: nothing is read but the templates). */
+export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOptions = {}): RenderResult {
+  const dir = opts.templateDir ?? TEMPLATE_DIR;
+  const g = desc.guest;
+  const domains = desc.hosts.map((h) => hostDomain(desc, h, boot));
+  const warnings = checkConsistency(desc, domains, opts.allowInconsistent ?? false);
+  if (desc.hosts.length < 2) warnings.push(`only one host (${desc.hosts[0]!.name}): there is no other Dom0 to migrate to`);
+  const mac = g.mac ?? derivedMac(g.name);
+  const uuid = derivedUuid(g.name);
+  const common = { guest: g, store: desc.store, xen: desc.xen, network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
+  const domainTemplate = desc.xen.toolstack === 'xm' ? 'domain.xm.cfg.hbs' : 'domain.xl.cfg.hbs';
+  const files: GeneratedFile[] = [];
+  const configPath = (h: Description['hosts'][number]) => `xen/${h.name}/${g.name}.cfg`;
+  // xend's allow-list: every Dom0; each host's own address is dropped from its copy below.
+  const addresses = desc.hosts.map((h) => h.address);
+
+  desc.hosts.forEach((host, i) => {
+    const d = domains[i]!;
+    const hostData = { ...host, hwaddr: undefined };
+    const data = { ...common, host: hostData, ...d, cmdline: [`root=${g.root}`, g.extra].filter(Boolean).join(' ') };
+    files.push({ path: configPath(host), content: render(dir, domainTemplate, data), template: domainTemplate });
+    const hostDir = `hosts/${host.name}`;
+    files.push({ path: `${hostDir}/ifcfg-${host.bridge}`, content: render(dir, 'ifcfg-xenbr0.hbs', { ...common, host: hostData }), template: 'ifcfg-xenbr0.hbs' });
+    files.push({
+      path: `${hostDir}/ifcfg-${host.nic}`,
+      content: render(dir, 'ifcfg-eth0.hbs', { ...common, host: hostData, hwaddr: host.hwaddr ? host.hwaddr.toUpperCase() : null }),
+      template: 'ifcfg-eth0.hbs',
+    });
+    if (desc.xen.toolstack === 'xm') {
+      const others = addresses.filter((a) => a !== host.address);
+      files.push({ path: `${hostDir}/xend-relocation.sxp`, content: render(dir, 'xend-relocation.sxp.hbs', { ...common, host: hostData, allow: relocationAllow(others) }), template: 'xend-relocation.sxp.hbs' });
+    }
+  });
+
+  const d0 = domains[0]!;
+  const hosts = desc.hosts.map((h) => ({ name: h.name, address: h.address, config: `${h.store_path ?? desc.store.path}/${configPath(h)}` }));
+  const migration = { ...common, ...d0, storePath: desc.store.path, hosts, first: hosts[0], second: hosts[1] ?? hosts[0] };
+  files.push({ path: `xen/${g.name}.MIGRATION.md`, content: render(dir, 'MIGRATION.md.hbs', migration, 'html'), template: 'MIGRATION.md.hbs' });
+  files.push({ path: 'storage/targets.conf', content: render(dir, 'tgt-targets.conf.hbs', common), template: 'tgt-targets.conf.hbs' });
+  return { files, warnings, domain: { ...d0, mac, uuid } };
+}
+
+export interface XenConfigsOutput {
+  files: string[];
+  written: number;
+  unchanged: number;
+  /** Generated files of an earlier run that this inventory no longer has (removed from --out). */
+  removed: string[];
+  warnings: string[];
+  domain: RenderResult['domain'];
+}
+
+/** Every file under `dir` that carries our generated-file header (relative paths). */
+async function generatedFilesUnder(root: string, sub: string): Promise<string[]> {
+  const out: string[] = [];
+  const entries = await readdir(join(root, sub), { recursive: true, withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isFile()) continue;
+    const abs = join(e.parentPath, e.name);
+    const text = await readFile(abs, 'utf8').catch(() => '');
+    if (checkHeader(text).generated) out.push(relative(root, abs));
+  }
+  return out;
+}
+
+/** Write the rendered files into `outDir` (each atomically); drop our stale ones. */
+export async function writeConfigs(result: RenderResult, outDir: string, ctx: StageContext): Promise<XenConfigsOutput> {
+  let written = 0;
+  let unchanged = 0;
+  const wanted = new Set(result.files.map((f) => f.path));
+  for (const f of result.files) {
+    const target = join(outDir, f.path);
+    const old = await readFile(target, 'utf8').catch(() => undefined);
+    if (old === f.content) {
+      unchanged++;
+      continue;
+    }
+    await writeFileAtomic(target, f.content);
+    written++;
+  }
+  const removed: string[] = [];
+  for (const sub of ['xen', 'hosts', 'storage']) {
+    for (const rel of await generatedFilesUnder(outDir, sub)) {
+      if (wanted.has(rel)) continue;
+      await rm(join(outDir, rel), { force: true });
+      removed.push(rel);
+      await rm(dirname(join(outDir, rel)), { recursive: false }).catch(() => {}); // empty host dirs
+    }
+  }
+  for (const w of result.warnings) ctx.log.warn(w);
+  ctx.log.info(`xen configs: ${result.files.length} files (${written} written, ${unchanged} unchanged${removed.length ? `, ${removed.length} stale removed` : ''}) in ${outDir}`);
+  return { files: result.files.map((f) => f.path), written, unchanged, removed, warnings: result.warnings, domain: result.domain };
+}
