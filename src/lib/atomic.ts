@@ -15,11 +15,17 @@ export function isTempName(name: string): boolean {
   return name.startsWith(TEMP_MARK);
 }
 
-export async function writeFileAtomic(target: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+/**
+ * Write `target` through a temporary file and a rename: readers see the old or the new content,
+ * never a part. `flush` (default) also fsyncs the data before the rename, so a crash of the
+ * machine cannot leave an empty file behind the new name; files that are regenerated at will
+ * (the --out tree) skip it, because thousands of fsyncs dominate the run.
+ */
+export async function writeFileAtomic(target: string, data: string | Uint8Array, mode = 0o644, opts: { flush?: boolean } = {}): Promise<void> {
   await mkdir(dirname(target), { recursive: true });
   const tmp = tempPathFor(target);
   try {
-    await writeFile(tmp, data, { mode, flush: true });
+    await writeFile(tmp, data, { mode, flush: opts.flush ?? true });
     await rename(tmp, target);
   } catch (e) {
     await rm(tmp, { force: true });

@@ -10,11 +10,10 @@
 // happens completely in memory before anything is written; templates are strict (a missing
 // value is an error, never an empty string) and every value goes through quoted()/raw() checks.
 // Migration consistency: kernel, ramdisk, disk target and bridge must be the same for every host.
-import { readdir, readFile, rm } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import Handlebars from 'handlebars';
-import { writeFileAtomic } from '../lib/atomic.js';
+import { tempPathFor } from '../lib/atomic.js';
 import { DomuError, InputError } from '../lib/errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../lib/genheader.js';
 import { projectPath } from '../lib/paths.js';
@@ -184,41 +183,88 @@ export interface XenConfigsOutput {
   domain: RenderResult['domain'];
 }
 
-/** Every file under `dir` that carries our generated-file header (relative paths). */
-async function generatedFilesUnder(root: string, sub: string): Promise<string[]> {
+/** Every file under `root/sub` that carries our generated-file header (relative paths). */
+function generatedFilesUnder(root: string, sub: string): string[] {
   const out: string[] = [];
-  const entries = await readdir(join(root, sub), { recursive: true, withFileTypes: true }).catch(() => []);
-  for (const e of entries) {
-    if (!e.isFile()) continue;
-    const abs = join(e.parentPath, e.name);
-    const text = await readFile(abs, 'utf8').catch(() => '');
-    if (checkHeader(text).generated) out.push(relative(root, abs));
-  }
+  const walk = (rel: string) => {
+    let entries;
+    try {
+      entries = readdirSync(join(root, rel), { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const r = `${rel}/${e.name}`;
+      if (e.isDirectory()) walk(r);
+      else if (e.isFile() && checkHeader(readHead(join(root, r))).generated) out.push(r);
+    }
+  };
+  walk(sub);
   return out;
 }
 
-/** Write the rendered files into `outDir` (each atomically); drop our stale ones. */
+/** The first 512 bytes of a file (enough for the header), as text. */
+function readHead(path: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(512);
+    return buf.toString('utf8', 0, readSync(fd, buf, 0, 512, 0));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readIfExists(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Write the rendered files into `outDir`, each through a temporary name and a rename; drop our
+ * stale ones (generated files of hosts that left the inventory). Synchronous on purpose: tens of
+ * thousands of small files for large inventories, where a thread-pool hop per call costs more
+ * than the call. No fsync: --out is regenerated at will; publishing to the store fsyncs.
+ */
 export async function writeConfigs(result: RenderResult, outDir: string, ctx: StageContext): Promise<XenConfigsOutput> {
   let written = 0;
   let unchanged = 0;
   const wanted = new Set(result.files.map((f) => f.path));
+  const made = new Set<string>();
   for (const f of result.files) {
     const target = join(outDir, f.path);
-    const old = await readFile(target, 'utf8').catch(() => undefined);
-    if (old === f.content) {
+    if (readIfExists(target) === f.content) {
       unchanged++;
       continue;
     }
-    await writeFileAtomic(target, f.content);
+    const dir = dirname(target);
+    if (!made.has(dir)) {
+      mkdirSync(dir, { recursive: true });
+      made.add(dir);
+    }
+    const tmp = tempPathFor(target);
+    try {
+      writeFileSync(tmp, f.content, { mode: 0o644 });
+      renameSync(tmp, target);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
+    }
     written++;
   }
   const removed: string[] = [];
   for (const sub of ['xen', 'hosts', 'storage']) {
-    for (const rel of await generatedFilesUnder(outDir, sub)) {
+    for (const rel of generatedFilesUnder(outDir, sub)) {
       if (wanted.has(rel)) continue;
-      await rm(join(outDir, rel), { force: true });
+      rmSync(join(outDir, rel), { force: true });
       removed.push(rel);
-      await rm(dirname(join(outDir, rel)), { recursive: false }).catch(() => {}); // empty host dirs
+      try {
+        rmdirSync(dirname(join(outDir, rel))); // a host directory left empty
+      } catch {
+        // not empty: other files are still there
+      }
     }
   }
   for (const w of result.warnings) ctx.log.warn(w);
