@@ -1,0 +1,421 @@
+// Publish the built store-shaped tree (`out/`) into the shared store without ever destroying what
+// is there:
+// - the store must be a writable directory and (unless allowed otherwise) a mount point, checked
+//   before anything is written: an unmounted /scsistore is an empty directory of the root fs;
+// - one publisher at a time, under the store lock (storelock.ts);
+// - every file that would be replaced is checked first: a generated file edited by hand (its
+//   header hash no longer matches), or a file without our header where we write a generated one,
+//   refuses the whole publish (nothing written) unless `force`, which keeps it as `<file>.bak`;
+// - identical files are left alone (no write, no mtime change);
+// - each file is copied to a temporary name beside its target, fsynced, renamed into place and
+//   its directory fsynced: a crash leaves the complete old or the complete new file, and only
+//   `.tmp-*` names, which the next publish sweeps (under the lock, so they are nobody's);
+// - the image is never truncated or rewritten in place (a running domain may hold it open): the
+//   new one is copied sparse to a temporary name, the current one is kept as `<image>.prev`
+//   (hard link, so `<image>` never disappears), then the new one is renamed over `<image>`;
+// - order: the image, then the other non-generated files (kernel, ramdisk), the generated
+//   configs last, so that a config never names a file that is not there yet.
+import { constants } from 'node:fs';
+import { access, type FileHandle, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, statfs } from 'node:fs/promises';
+import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
+import type { StageContext } from '../pipeline/context.js';
+import { isTempName, tempPathFor, TEMP_MARK } from './atomic.js';
+import { dataRanges } from './e2fs.js';
+import { abortError, DomuError, errorMessage, InputError } from './errors.js';
+import { checkHeader } from './genheader.js';
+import { acquireStoreLock, fsyncDir, LOCK_NAME, writeNewFileDurable } from './storelock.js';
+
+export interface PublishInput {
+  /** The built store-shaped tree. */
+  outDir: string;
+  /** store.path */
+  store: string;
+  /** Paths relative to outDir (and to the store) to publish. */
+  files: string[];
+  /** Relative path of the guest image (published even if not among `files`). */
+  image?: string;
+  /** Overwrite hand-edited generated files (and files without our header), keeping `<file>.bak`. */
+  force?: boolean;
+  /** The store need not be a mount point (tests, local stores). */
+  allowUnmounted?: boolean;
+  lockTimeoutMs: number;
+  /** Shown to a publisher waiting for our lock (default: this process's command line). */
+  command?: string;
+}
+
+export interface PublishOutput {
+  /** Relative paths written (in the order written). */
+  written: string[];
+  /** Relative paths whose store copy was identical and was left alone. */
+  unchanged: string[];
+  /** Relative paths of the `.bak` copies kept (force). */
+  backups: string[];
+  /** Relative path of the previous image kept (`<image>.prev`), when the image was replaced. */
+  previousImage?: string;
+  /** How long taking the store lock took. */
+  lockWaitMs: number;
+}
+
+/** Points where tests step in (pause, get killed). Not for production callers. */
+export interface PublishHooks {
+  /** Once the store lock is held, before the store is read or written. */
+  afterLock?(): Promise<void> | void;
+  /** After each chunk a copy has written into its temporary file in the store. */
+  afterChunk?(rel: string, bytesDone: number): Promise<void> | void;
+}
+
+type Kind = 'image' | 'file' | 'generated';
+
+interface Item {
+  rel: string;
+  src: string;
+  dst: string;
+  kind: Kind;
+  size: number;
+  /** Bytes the source occupies on disk: what the copy needs on the store. */
+  allocated: number;
+  mode: number;
+  /** Content of a generated text file. */
+  text?: Buffer;
+  /** Filled by the store check. */
+  action?: 'write' | 'unchanged';
+  exists?: boolean;
+  backup?: boolean;
+}
+
+/** Largest text file we read to look for a header. */
+const MAX_TEXT = 4 << 20;
+const CHUNK = 4 << 20;
+const BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
+export async function publish(input: PublishInput, ctx: StageContext, hooks: PublishHooks = {}): Promise<PublishOutput> {
+  const store = await checkStore(input.store, input.allowUnmounted ?? false);
+  const outDir = resolve(input.outDir);
+  const items = await readSources(outDir, store, input);
+  const started = performance.now();
+  const release = await acquireStoreLock(store, { timeoutMs: input.lockTimeoutMs, log: ctx.log, signal: ctx.signal, ...(input.command === undefined ? {} : { command: input.command }) });
+  const lockWaitMs = Math.round(performance.now() - started);
+  const dropLock = ctx.cleanup.push(`release the store lock of ${store}`, release);
+  const temps = new Temps(ctx);
+  try {
+    await hooks.afterLock?.();
+    await sweepLeftovers(store, items, ctx);
+    await checkAgainstStore(items, ctx);
+    refuseEdited(items, store, input.force ?? false);
+    await checkSpace(store, items);
+    const out: PublishOutput = { written: [], unchanged: items.filter((i) => i.action === 'unchanged').map((i) => i.rel), backups: [], lockWaitMs };
+    for (const item of items.filter((i) => i.action === 'write')) {
+      if (ctx.signal.aborted) throw abortError(ctx.signal);
+      await writeItem(item, ctx, temps, hooks, out);
+    }
+    ctx.log.info(`published to ${store}: ${out.written.length} written, ${out.unchanged.length} unchanged${out.backups.length ? `, ${out.backups.length} kept as .bak` : ''}`);
+    return out;
+  } catch (e) {
+    await temps.removeAll();
+    throw ctx.signal.aborted ? abortError(ctx.signal) : e;
+  } finally {
+    await release().catch((e: unknown) => ctx.log.warn(`could not release the store lock of ${store}: ${errorMessage(e)}; remove ${join(store, LOCK_NAME)} by hand`));
+    dropLock();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+
+/** The store is a writable directory and (unless allowed otherwise) a mount point; its real path. */
+export async function checkStore(given: string, allowUnmounted: boolean): Promise<string> {
+  const path = resolve(given);
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isDirectory()) {
+    throw new InputError(`the store ${path} is not a directory${st ? '' : ' (it does not exist)'}`, 'mount the store there, or set store.path to where it is mounted');
+  }
+  const real = await realpath(path);
+  if (!allowUnmounted && !(await isMountPoint(real))) {
+    throw new InputError(
+      `the store ${path} is not a mount point: the shared store does not seem to be mounted there, and publishing would write into the directory below it`,
+      'mount the store (e.g. the iSCSI LUN) there first, or pass --allow-unmounted for a local store',
+    );
+  }
+  const probe = tempPathFor(join(real, '.domu-probe'));
+  try {
+    await access(real, constants.W_OK);
+    await writeNewFileDurable(probe, 'probe\n');
+  } catch (e) {
+    throw new InputError(`the store ${path} is not writable (${fsReason(e)})`, 'mount it read-write (mount -o remount,rw), or publish as a user who may write there');
+  } finally {
+    await rm(probe, { force: true }).catch(() => undefined);
+  }
+  return real;
+}
+
+function fsReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'EROFS') return 'read-only file system';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  return errorMessage(e);
+}
+
+/** A different device than its parent, or listed in /proc/self/mountinfo (bind mounts). */
+async function isMountPoint(dir: string): Promise<boolean> {
+  if (dir === '/') return true;
+  const [a, b] = await Promise.all([stat(dir), stat(dirname(dir))]);
+  if (a.dev !== b.dev) return true;
+  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const octal = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return info.split('\n').some((line) => octal(line.split(' ')[4] ?? '') === dir);
+}
+
+async function checkSpace(store: string, items: Item[]): Promise<void> {
+  const need = items.filter((i) => i.action === 'write').reduce((n, i) => n + i.allocated, 0);
+  const fs = await statfs(store);
+  const free = fs.bavail * fs.bsize;
+  if (need > free) {
+    throw new DomuError(`the store ${store} has ${mib(free)} free, the files to publish need ${mib(need)}; nothing was written`, { hint: 'free space on the store (old .prev/.bak files?) and publish again' });
+  }
+}
+
+function mib(n: number): string {
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+/**
+ * Remove the temporaries a killed publisher left in the directories we publish into. We hold the
+ * lock, so they are nobody's; only the lock's own temporaries may belong to a waiting publisher.
+ */
+async function sweepLeftovers(store: string, items: Item[], ctx: StageContext): Promise<void> {
+  const dirs = new Set([store, ...items.map((i) => dirname(i.dst))]);
+  for (const dir of dirs) {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const n of names) {
+      if (!isTempName(n) || n.startsWith(`${TEMP_MARK}${LOCK_NAME}`)) continue;
+      ctx.log.info(`removing ${join(dir, n)}, left by an interrupted publish`);
+      await rm(join(dir, n), { recursive: true, force: true });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What to publish, and what is on the store
+
+function checkRel(rel: string): string {
+  const n = normalize(rel);
+  if (!rel || isAbsolute(rel) || n === '.' || n.split(sep).includes('..') || isTempName(n.split(sep).pop()!) || n === LOCK_NAME) {
+    throw new InputError(`cannot publish ${JSON.stringify(rel)}: not a plain path inside the store`);
+  }
+  return n;
+}
+
+async function readSources(outDir: string, store: string, input: PublishInput): Promise<Item[]> {
+  const image = input.image === undefined ? undefined : checkRel(input.image);
+  const rels = [...new Set([...(image ? [image] : []), ...input.files.map(checkRel)])];
+  const items: Item[] = [];
+  for (const rel of rels) {
+    const src = join(outDir, rel);
+    const st = await stat(src).catch(() => undefined);
+    if (!st?.isFile()) throw new InputError(`${rel} is not a file in ${outDir}; build it first (domu build) or fix the list of files to publish`);
+    const item: Item = { rel, src, dst: join(store, rel), kind: rel === image ? 'image' : 'file', size: st.size, allocated: st.blocks * 512, mode: st.mode & 0o7777 };
+    if (item.kind === 'file' && st.size <= MAX_TEXT) {
+      const text = await readFile(src);
+      if (checkHeader(text.toString('utf8')).generated) Object.assign(item, { kind: 'generated', text });
+    }
+    items.push(item);
+  }
+  const rank: Record<Kind, number> = { image: 0, file: 1, generated: 2 };
+  return items.sort((a, b) => rank[a.kind] - rank[b.kind]);
+}
+
+async function checkAgainstStore(items: Item[], ctx: StageContext): Promise<void> {
+  for (const item of items) {
+    const st = await lstat(item.dst).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    item.exists = st !== undefined;
+    item.action = 'write';
+    if (!st) continue;
+    if (st.isDirectory()) throw new InputError(`${item.dst} is a directory where ${item.rel} is to be published; move it away and publish again`);
+    if (!st.isFile()) {
+      // A symlink or other special file: replaced; where a generated file goes, it is not ours.
+      if (item.kind === 'generated') item.backup = true;
+      continue;
+    }
+    if (item.kind === 'generated') {
+      const old = st.size <= MAX_TEXT ? await readFile(item.dst) : undefined;
+      if (old?.equals(item.text!)) item.action = 'unchanged';
+      else if (!old || !checkHeader(old.toString('utf8')).intact) item.backup = true;
+    } else if (st.size === item.size && (await sameContent(ctx, item.src, item.dst, item.size))) {
+      item.action = 'unchanged';
+    }
+  }
+}
+
+/** A store file we would overwrite that was edited or made by hand: refuse unless forced. */
+function refuseEdited(items: Item[], store: string, force: boolean): void {
+  const edited = items.filter((i) => i.backup);
+  if (edited.length === 0 || force) return;
+  const list = edited.map((i) => i.rel).join(', ');
+  throw new InputError(
+    `refusing to publish to ${store}: ${edited.length} file${edited.length === 1 ? '' : 's'} there ${edited.length === 1 ? 'was' : 'were'} edited or made by hand: ${list}; nothing was written`,
+    'carry the changes into the description or templates, or publish with --force to keep each as <file>.bak and write the new one',
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/** Temporary names in the store: registered with the run's cleanup, removed on failure. */
+class Temps {
+  private readonly live = new Map<string, () => void>();
+  constructor(private readonly ctx: StageContext) {}
+
+  /** A fresh temporary name beside `target`, registered before it exists. */
+  create(target: string): string {
+    const tmp = tempPathFor(target);
+    this.live.set(tmp, this.ctx.cleanup.tempPath(tmp));
+    return tmp;
+  }
+
+  /** The temporary was renamed into place. */
+  done(tmp: string): void {
+    this.live.get(tmp)?.();
+    this.live.delete(tmp);
+  }
+
+  async removeAll(): Promise<void> {
+    for (const [tmp, drop] of this.live) {
+      await rm(tmp, { force: true }).catch((e: unknown) => this.ctx.log.warn(`could not remove ${tmp}: ${errorMessage(e)}`));
+      drop();
+    }
+    this.live.clear();
+  }
+}
+
+async function writeItem(item: Item, ctx: StageContext, temps: Temps, hooks: PublishHooks, out: PublishOutput): Promise<void> {
+  const dir = dirname(item.dst);
+  await makeDirs(dir);
+  if (item.backup && item.exists) {
+    await keepAs(item.dst, `${item.dst}.bak`, temps);
+    out.backups.push(`${item.rel}.bak`);
+    ctx.log.warn(`${item.rel} on the store was edited or made by hand; kept as ${item.rel}.bak`);
+  }
+  const tmp = temps.create(item.dst);
+  await copySparse(item, tmp, ctx, hooks);
+  if (item.kind === 'image' && item.exists) {
+    await keepAs(item.dst, `${item.dst}.prev`, temps);
+    out.previousImage = `${item.rel}.prev`;
+  }
+  await rename(tmp, item.dst);
+  temps.done(tmp);
+  await fsyncDir(dir);
+  out.written.push(item.rel);
+  ctx.log.info(`published ${item.rel}`);
+}
+
+/** mkdir -p, fsyncing the parent of every directory created. */
+async function makeDirs(dir: string): Promise<void> {
+  const first = await mkdir(dir, { recursive: true });
+  if (first === undefined) return;
+  for (let d = dir; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === first) break;
+  }
+}
+
+/** `as` becomes a second name of `path`'s current file (replacing an older `as`) atomically. */
+async function keepAs(path: string, as: string, temps: Temps): Promise<void> {
+  const tmp = temps.create(as);
+  await link(path, tmp);
+  await rename(tmp, as);
+  temps.done(tmp);
+  await fsyncDir(dirname(as));
+}
+
+/** Where `path` (of `size` bytes) has data: its FIEMAP extents when it has holes, else all of it. */
+async function dataOf(ctx: StageContext, path: string, size: number): Promise<[number, number][]> {
+  const st = await stat(path);
+  const ranges = st.blocks * 512 < size ? await dataRanges(ctx, path, size) : undefined;
+  return ranges ?? (size > 0 ? [[0, size]] : []);
+}
+
+/**
+ * Whether two files of `size` bytes have the same content. Only where either has data is read:
+ * elsewhere both are holes, hence zeros (a 1 GiB image with 35 MB of data costs 35 MB, not 1 GiB).
+ */
+async function sameContent(ctx: StageContext, a: string, b: string, size: number): Promise<boolean> {
+  const all = [...(await dataOf(ctx, a, size)), ...(await dataOf(ctx, b, size))].sort((x, y) => x[0] - y[0]);
+  const ranges: [number, number][] = [];
+  for (const [s, e] of all) {
+    const last = ranges[ranges.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else ranges.push([s, e]);
+  }
+  const [fa, fb] = [await open(a, 'r'), await open(b, 'r')];
+  try {
+    const [ba, bb] = [Buffer.alloc(CHUNK), Buffer.alloc(CHUNK)];
+    for (const [start, end] of ranges) {
+      for (let pos = start; pos < end; pos += CHUNK) {
+        const n = Math.min(CHUNK, end - pos);
+        const [ra, rb] = await Promise.all([fa.read(ba, 0, n, pos), fb.read(bb, 0, n, pos)]);
+        if (ra.bytesRead !== n || rb.bytesRead !== n || !ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
+        if (ctx.signal.aborted) throw abortError(ctx.signal);
+      }
+    }
+    return true;
+  } finally {
+    await Promise.all([fa.close(), fb.close()]);
+  }
+}
+
+/**
+ * Copy `item.src` to the new file `dst` keeping holes: only the source's data ranges (FIEMAP,
+ * through filefrag) are read, and all-zero 4 KiB blocks in them are not written; then fsync.
+ */
+async function copySparse(item: Item, dst: string, ctx: StageContext, hooks: PublishHooks): Promise<void> {
+  const ranges = await dataOf(ctx, item.src, item.size);
+  const total = ranges.reduce((n, [s, e]) => n + e - s, 0);
+  const buf = Buffer.alloc(CHUNK);
+  const from = await open(item.src, 'r');
+  try {
+    const to = await open(dst, 'wx', item.mode);
+    try {
+      let done = 0;
+      for (const [start, end] of ranges) {
+        for (let pos = start; pos < end; ) {
+          const { bytesRead } = await from.read(buf, 0, Math.min(CHUNK, end - pos), pos);
+          if (bytesRead === 0) throw new DomuError(`${item.src} changed while it was being published (shorter than ${end} bytes); build again`);
+          await writeNonZero(to, buf.subarray(0, bytesRead), pos);
+          pos += bytesRead;
+          done += bytesRead;
+          ctx.progress(`${item.rel}: ${mib(done)} / ${mib(total)}`);
+          await hooks.afterChunk?.(item.rel, done);
+          if (ctx.signal.aborted) throw abortError(ctx.signal);
+        }
+      }
+      await to.truncate(item.size);
+      await to.sync();
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
+  }
+}
+
+/** Write the runs of `data` that are not all-zero 4 KiB blocks, at file offset `pos`. */
+async function writeNonZero(fh: FileHandle, data: Buffer, pos: number): Promise<void> {
+  const put = async (from: number, to: number) => {
+    for (let off = from; off < to; ) off += (await fh.write(data, off, to - off, pos + off)).bytesWritten;
+  };
+  let runStart = -1;
+  for (let off = 0; off < data.length; off += BLOCK) {
+    const end = Math.min(off + BLOCK, data.length);
+    const zero = data.subarray(off, end).equals(ZERO_BLOCK.subarray(0, end - off));
+    if (!zero && runStart < 0) runStart = off;
+    else if (zero && runStart >= 0) {
+      await put(runStart, off);
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0) await put(runStart, data.length);
+}
