@@ -35,6 +35,11 @@ interface CommonOpts {
   forceVermagic?: boolean;
   kernel?: string;
   allowInconsistent?: boolean;
+  publish?: boolean;
+  allowUnmounted?: boolean;
+  force?: boolean;
+  lockTimeout?: string;
+  store?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -59,6 +64,15 @@ function withCommon(cmd: Command): Command {
     .option('--source-date-epoch <seconds>', 'timestamp for everything in the image (default: $SOURCE_DATE_EPOCH, else the busybox release date)')
     .option('--force-vermagic', 'copy modules built for another kernel release anyway (a warning each)')
     .option('--allow-inconsistent', 'hosts that disagree on kernel, ramdisk, disk or bridge are a warning, not an error');
+}
+
+function withPublish(cmd: Command): Command {
+  return cmd
+    .option('--publish', 'copy the result into the shared store (store.path) under a lock, atomically')
+    .option('--store <dir>', 'publish into this directory instead of store.path (e.g. where this host mounts the store)')
+    .option('--allow-unmounted', 'publish into a store directory that is not a mount point (local stores, tests)')
+    .option('--force', 'overwrite generated files on the store that were edited by hand (keeping <file>.bak)')
+    .option('--lock-timeout <seconds>', 'how long to wait for another publisher (default 600)');
 }
 
 function overridesFrom(o: CommonOpts): Override[] {
@@ -111,7 +125,18 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     baseDir: file === undefined ? undefined : dirname(resolve(file)),
     forceVermagic: o.forceVermagic ?? false,
     allowInconsistent: o.allowInconsistent ?? false,
+    publish: publishFrom(o),
   };
+}
+
+function publishFrom(o: CommonOpts): PlanFlags['publish'] {
+  const needs = (['store', 'allowUnmounted', 'force', 'lockTimeout'] as const).filter((k) => o[k] !== undefined);
+  if (!o.publish) {
+    if (needs.length) throw new InputError(`--${needs[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} only applies with --publish`);
+    return undefined;
+  }
+  if (o.lockTimeout !== undefined && !/^\d+(\.\d+)?$/.test(o.lockTimeout)) throw new InputError(`--lock-timeout ${o.lockTimeout}: expected a number of seconds`);
+  return { allowUnmounted: o.allowUnmounted ?? false, force: o.force ?? false, lockTimeoutMs: Math.round(Number(o.lockTimeout ?? 600) * 1000), store: o.store === undefined ? undefined : resolve(o.store) };
 }
 
 function epochFrom(o: CommonOpts): number | undefined {
@@ -217,7 +242,7 @@ export function program(): Command {
     .version(DOMU_VERSION, '-V, --version')
     .showHelpAfterError('(run `domu --help` for usage)')
     .exitOverride();
-  withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)'))
+  withPublish(withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)')))
     .option('--until <stage>', `stop after this stage (${BUILD_STAGES.join(', ')})`)
     .action(pipelineCommand('build', planBuild));
   withCommon(p.command('fetch').description('source stage only: obtain and verify the busybox tarball; print its path and sha256')).action(pipelineCommand('fetch', planFetch));
@@ -233,7 +258,7 @@ export function program(): Command {
     .argument('[names...]', 'module names or aliases (default: the modules: list of the build description)')
     .option('--kernel <image|dir|package>', 'the kernel: a bzImage, a /lib/modules/<release> directory, or a Debian package (default: kernel: of the description)')
     .action(pipelineCommand('modules', planModules));
-  withCommon(p.command('configs').description("regenerate every host's Xen and host configs from the description; no image work (npm run configs)")).action(
+  withPublish(withCommon(p.command('configs').description("regenerate every host's Xen and host configs from the description; no image work (npm run configs)"))).action(
     pipelineCommand('configs', planConfigs),
   );
   for (const [name, issue, what] of [

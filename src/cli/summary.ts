@@ -20,6 +20,7 @@ export interface Summary {
   modules?: ModuleReport;
   boot?: { kernel: string; ramdisk?: string | undefined };
   configs?: { files: string[]; written: number; unchanged: number; removed: string[]; domain: Record<string, unknown> };
+  published?: { store: string; written: string[]; unchanged: string[]; backups: string[]; previousImage?: string | undefined; lockWaitMs: number };
   log?: string;
 }
 
@@ -87,6 +88,7 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.moduleSet ? { modules: moduleReport(plan.state.moduleSet) } : plan.state.modules ? { modules: moduleReport(plan.state.modules.set) } : {}),
     ...(plan.state.boot ? { boot: plan.state.boot } : {}),
     ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
+    ...(plan.state.published ? { published: { ...plan.state.published } } : {}),
     ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
@@ -120,6 +122,10 @@ export function formatSummary(sum: Summary): string {
     lines.push(`configs ${c.files.length} files (${c.written} written, ${c.unchanged} unchanged${c.removed.length ? `, ${c.removed.length} stale removed` : ''})`);
     const cfgs = c.files.filter((x) => x.startsWith('xen/'));
     if (cfgs.length <= 12) for (const f of cfgs) lines.push(`  ${f}`);
+  }
+  if (sum.published) {
+    const p = sum.published;
+    lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
   }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.notYetAvailable?.length) {

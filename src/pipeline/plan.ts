@@ -2,7 +2,7 @@
 // Everything that can be checked without running anything is checked here (exit 2).
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { tempPathFor } from '../lib/atomic.js';
 import { errorMessage, InputError } from '../lib/errors.js';
 import { get, isOn, parseConfig, parseFragment, type KConfig } from '../lib/kconfig.js';
@@ -20,6 +20,7 @@ import { kconfigStage, type KconfigInput, type KconfigOutput } from '../stages/k
 import { expectedSha256, sourceStage, type SourceInput, type SourceOutput } from '../stages/source.js';
 import { initramfsStage, type InitramfsOutput } from '../stages/initramfs.js';
 import { renderConfigs, writeConfigs, type BootFiles, type XenConfigsOutput } from '../stages/xenconfigs.js';
+import { checkStore, publish, type PublishOutput } from '../lib/publish.js';
 import { kernelStage, localBuildDir, type KernelOutput } from '../stages/kernel.js';
 import { modulesStage, resolveModules, type ModulesOutput, type ModuleSet } from '../stages/modules.js';
 import type { PipelineStage } from './run.js';
@@ -45,6 +46,8 @@ export interface PlanFlags {
   forceVermagic?: boolean;
   /** --allow-inconsistent: hosts that disagree on kernel/ramdisk/disk/bridge are a warning. */
   allowInconsistent?: boolean;
+  /** --publish and its options: copy the --out tree into store.path. */
+  publish?: { allowUnmounted: boolean; force: boolean; lockTimeoutMs: number; store?: string | undefined } | undefined;
 }
 
 /** Results shared between the stages of one run, filled as they complete. */
@@ -63,6 +66,7 @@ export interface PlanState {
   /** Kernel and ramdisk as placed in --out (after the image succeeded). */
   boot?: { kernel: string; ramdisk?: string | undefined };
   configs?: XenConfigsOutput;
+  published?: PublishOutput & { store: string };
 }
 
 export interface Plan {
@@ -74,7 +78,7 @@ export interface Plan {
   notYetAvailable: string[];
 }
 
-export const LATER_STAGES = ['publish'];
+export const LATER_STAGES: string[] = [];
 
 /** What the generated ramdisk loads to mount the root: Xen's block front end and ext4 (its
  * softdep brings crc32c), and virtio for local boot checks under QEMU. */
@@ -462,8 +466,57 @@ function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanState): 
 export function planConfigs(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
   checkRamdisk(description, flags);
-  const stages = [...(description.kernel.ship ? [kernelTask(description, state, true)] : []), xenConfigsTask(description, flags, state)];
+  const stages = [
+    ...(flags.publish ? [storeCheckTask(description, flags)] : []),
+    ...(description.kernel.ship ? [kernelTask(description, state, true)] : []),
+    xenConfigsTask(description, flags, state),
+  ];
+  if (flags.publish) stages.push(publishTask(description, flags, state, 'configs'));
   return { command: 'configs', description, state, stages, notYetAvailable: [] };
+}
+
+/** With --publish, the store is checked first, so a build does not run only to find it unusable. */
+function storeCheckTask(desc: Description, flags: PlanFlags): PipelineStage {
+  const store = resolve(flags.publish!.store ?? desc.store.path);
+  return {
+    name: 'store',
+    title: `Check the store ${store}`,
+    run: async () => {
+      const real = await checkStore(store, flags.publish!.allowUnmounted);
+      return { cacheHit: false, note: real, outputs: { store: real } };
+    },
+  };
+}
+
+/**
+ * --publish: the --out tree into the store (lib/publish.ts: lock, hand-edit check, temp + fsync
+ * + rename, the previous image kept as .prev). A build publishes the image, boot/ and the
+ * configs; `domu configs` the configs only, and warns when they name boot files the store lacks.
+ */
+function publishTask(desc: Description, flags: PlanFlags, state: PlanState, what: 'build' | 'configs'): PipelineStage {
+  const opts = flags.publish!;
+  const store = resolve(opts.store ?? desc.store.path);
+  const out = resolve(flags.outDir ?? 'out');
+  return {
+    name: 'publish',
+    title: `Publish to ${store}`,
+    run: async (ctx) => {
+      const files = [...(state.configs?.files ?? [])];
+      let image: string | undefined;
+      if (what === 'build') {
+        image = desc.image.file;
+        const boot = state.boot;
+        for (const p of [boot?.kernel, boot?.ramdisk]) if (p) files.unshift(relative(out, p));
+      } else {
+        for (const f of [state.kernel && bootNames(desc, state.kernel.release)].flatMap((b) => (b && desc.kernel.ship ? [b.kernel, b.ramdisk] : []))) {
+          if (f && !existsSync(join(store, 'boot', f))) ctx.log.warn(`the configs name boot/${f}, which ${store} does not have yet: publish a build (domu build --publish) before starting the guest`);
+        }
+      }
+      const r = await publish({ outDir: out, store, files, image, force: opts.force, allowUnmounted: opts.allowUnmounted, lockTimeoutMs: opts.lockTimeoutMs, command: `domu ${what}` }, ctx);
+      state.published = { ...r, store };
+      return { cacheHit: false, note: `${r.written.length} written, ${r.unchanged.length} unchanged${r.backups.length ? `, ${r.backups.length} .bak kept` : ''}`, outputs: { store, ...r } };
+    },
+  };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
@@ -527,14 +580,19 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
     image: () => imageTask(description, flags, state),
     'xen configs': () => xenConfigsTask(description, flags, state),
   };
+  if (flags.publish && flags.until !== undefined) throw new InputError('--publish with --until: only a complete build can be published', 'drop --until');
   return {
     command: 'build',
     description,
     state,
-    stages: BUILD_STAGES.slice(0, last + 1).flatMap((n) => {
-      const b = builders[n];
-      return b ? [b()] : [];
-    }),
+    stages: [
+      ...(flags.publish ? [storeCheckTask(description, flags)] : []),
+      ...BUILD_STAGES.slice(0, last + 1).flatMap((n) => {
+        const b = builders[n];
+        return b ? [b()] : [];
+      }),
+      ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
+    ],
     notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
   };
 }

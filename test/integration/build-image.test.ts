@@ -98,7 +98,7 @@ describe('the default guest image', () => {
     expect((await stat(first.s.boot!.kernel)).size).toBe((await stat(kernel.image)).size);
     const initramfs = stage(first.s, 'initramfs').outputs as { modules: string[]; sha256: string };
     expect(initramfs.modules).toEqual(expect.arrayContaining(['xen_blkfront', 'ext4', 'jbd2', 'crc32c_generic', 'virtio_blk', 'virtio_pci']));
-    expect(await readdir(join(dir, 'out1'))).toEqual(['boot', 'busybox.img']);
+    expect((await readdir(join(dir, 'out1'))).sort()).toEqual(['boot', 'busybox.img', 'hosts', 'storage', 'xen']);
   }, 300_000);
 
   it('a second build of the same inputs is byte-identical (rootless)', async () => {
@@ -108,6 +108,28 @@ describe('the default guest image', () => {
     expect(stage(again.s, 'image').outputs.sha256).toBe(stage(first.s, 'image').outputs.sha256);
     expect(stage(again.s, 'initramfs').outputs.sha256).toBe(stage(first.s, 'initramfs').outputs.sha256);
   }, 120_000);
+
+  it('--publish copies image, boot files and configs into the store; a changed image keeps the old one as .prev', async () => {
+    const store = join(dir, 'store');
+    await mkdir(store, { recursive: true });
+    const pub = (out: string, extra: string[] = []) => build(out, ['--publish', '--store', store, '--allow-unmounted', ...extra]);
+    const a = await pub(join(dir, 'out-pub'));
+    expect(a.r.exitCode, a.r.stderr).toBe(0);
+    expect(a.s.stages.map((x) => x.name)).toEqual(['store', 'source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs', 'publish']);
+    const published = await readFile(join(store, 'busybox.img'));
+    expect(published.equals(await readFile(join(dir, 'out-pub', 'busybox.img')))).toBe(true);
+    expect((await stat(join(store, 'busybox.img'))).blocks * 512).toBeLessThanOrEqual(40 * 1048576); // still sparse
+    expect(existsSync(join(store, 'boot', `vmlinuz-${kernel.release}`))).toBe(true);
+    expect(existsSync(join(store, 'boot', `initrd-${kernel.release}-busybox.gz`))).toBe(true);
+    expect(await readFile(join(store, 'xen/test1/busybox.cfg'), 'utf8')).toContain(`kernel = "/scsistore/boot/vmlinuz-${kernel.release}"`);
+
+    // Another hostname changes the image: the published one is kept as .prev, whole.
+    const b = await pub(join(dir, 'out-pub2'), ['--set', 'guest.name=busybox2']);
+    expect(b.r.exitCode, b.r.stderr).toBe(0);
+    expect(b.s.published!.previousImage).toBeDefined();
+    expect((await readFile(join(store, 'busybox.img.prev'))).equals(published)).toBe(true);
+    expect((await readFile(join(store, 'busybox.img'))).equals(await readFile(join(dir, 'out-pub2', 'busybox.img')))).toBe(true);
+  }, 300_000);
 
   it.skipIf(!isRoot)('loop-mount population holds the same files, modes and link targets (needs root)', async () => {
     const m = await build(join(dir, 'out-mount'), ['--populate', 'mount']);

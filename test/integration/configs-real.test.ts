@@ -6,6 +6,7 @@
 import { mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
 import { loadDescription } from '../../src/pipeline/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
 import type { Description } from '../../src/pipeline/schema.js';
@@ -202,3 +203,64 @@ describe('domu configs (CLI)', () => {
     expect(await readFile(join(out, 'xen/b/busybox.cfg'), 'utf8')).toContain('bridge=xenbr1');
   }, 60_000);
 });
+
+describe.skipIf(process.getuid?.() !== 0)('domu configs --publish onto a real loop-mounted ext4 store (needs root for mount)', () => {
+  let store: string;
+  let backing: string;
+  beforeAll(async () => {
+    store = join(dir, 'scsistore');
+    backing = join(dir, 'store.ext4');
+    await mkdir(store, { recursive: true });
+    await writeFile(backing, '');
+    await truncate(backing, 64 * 1048576);
+    await execa('mke2fs', ['-q', '-t', 'ext4', '-F', backing]);
+    await execa('mount', ['-o', 'loop', backing, store]);
+  });
+  afterAll(async () => {
+    if (store) await execa('umount', [store]).catch(() => undefined);
+  });
+
+  const publishConfigs = (config: string, extra: string[] = []) =>
+    domuJson(['configs', '--json', '--publish', '--store', store, '--config', config, '--out', join(dir, 'pub-out'), '--cache-dir', join(dir, 'cache'), ...extra]);
+
+  it('publishes every config; a hand edit on the store is refused (exit 2) until --force, which keeps a .bak', async () => {
+    const config = join(dir, 'pub.yaml');
+    await writeFile(config, `kernel:\n  image: ${kernel.image}\n`);
+    const first = await publishConfigs(config);
+    expect(first.r.exitCode, first.r.stderr).toBe(0);
+    expect(first.s.published!.written.sort()).toEqual(first.s.configs!.files.sort());
+    // The configs name boot files that no build has published yet: said plainly.
+    expect(first.s.warnings.map((w) => w.message).join('\n')).toContain(`the configs name boot/vmlinuz-${kernel.release}, which ${store} does not have yet`);
+    const cfg = join(store, 'xen/test1/busybox.cfg');
+    expect(await readFile(cfg, 'utf8')).toBe(await readFile(join(dir, 'pub-out', 'xen/test1/busybox.cfg'), 'utf8'));
+
+    const edited = `${await readFile(cfg, 'utf8')}memory = 1024\n`;
+    await writeFile(cfg, edited);
+    await writeFile(config, `kernel:\n  image: ${kernel.image}\nguest:\n  memory: 768\n`);
+    const refused = await publishConfigs(config);
+    expect(refused.r.exitCode).toBe(2);
+    expect(refused.r.stderr).toContain(`refusing to publish to ${store}: 1 file there was edited or made by hand: xen/test1/busybox.cfg; nothing was written`);
+    expect(refused.r.stderr).toContain('xen/test1/busybox.cfg');
+    expect(await readFile(cfg, 'utf8')).toBe(edited);
+    expect(await readFile(join(store, 'xen/test2/busybox.cfg'), 'utf8')).toContain('memory = 512'); // nothing written
+
+    const forced = await publishConfigs(config, ['--force']);
+    expect(forced.r.exitCode, forced.r.stderr).toBe(0);
+    expect(await readFile(`${cfg}.bak`, 'utf8')).toBe(edited);
+    expect(await readFile(cfg, 'utf8')).toContain('memory = 768');
+    expect(await readFile(join(store, 'xen/test2/busybox.cfg'), 'utf8')).toContain('memory = 768');
+  }, 120_000);
+
+  it('publish options without --publish, and a store that is not mounted, are bad input before any work', async () => {
+    const r = await domu(['configs', '--force']);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain('--force only applies with --publish');
+    const plain = join(dir, 'not-mounted');
+    await mkdir(plain, { recursive: true });
+    const u = await domu(['configs', '--publish', '--store', plain, '--out', join(dir, 'nm-out')]);
+    expect(u.exitCode).toBe(2);
+    expect(u.stderr).toContain(`the store ${plain} is not a mount point`);
+    await expect(stat(join(dir, 'nm-out'))).rejects.toThrow(); // failed before rendering anything
+  }, 60_000);
+});
+
