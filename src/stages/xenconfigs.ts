@@ -183,8 +183,11 @@ export interface XenConfigsOutput {
   domain: RenderResult['domain'];
 }
 
-/** Every file under `root/sub` that carries our generated-file header (relative paths). */
-function generatedFilesUnder(root: string, sub: string): string[] {
+/**
+ * Files under `root/sub` that are not in `wanted` and carry our generated-file header (relative
+ * paths): only those need their head read, so a rerun over thousands of files stays a listing.
+ */
+function staleGeneratedFiles(root: string, sub: string, wanted: ReadonlySet<string>): string[] {
   const out: string[] = [];
   const walk = (rel: string) => {
     let entries;
@@ -196,7 +199,7 @@ function generatedFilesUnder(root: string, sub: string): string[] {
     for (const e of entries) {
       const r = `${rel}/${e.name}`;
       if (e.isDirectory()) walk(r);
-      else if (e.isFile() && checkHeader(readHead(join(root, r))).generated) out.push(r);
+      else if (e.isFile() && !wanted.has(r) && checkHeader(readHead(join(root, r))).generated) out.push(r);
     }
   };
   walk(sub);
@@ -256,8 +259,7 @@ export async function writeConfigs(result: RenderResult, outDir: string, ctx: St
   }
   const removed: string[] = [];
   for (const sub of ['xen', 'hosts', 'storage']) {
-    for (const rel of generatedFilesUnder(outDir, sub)) {
-      if (wanted.has(rel)) continue;
+    for (const rel of staleGeneratedFiles(outDir, sub, wanted)) {
       rmSync(join(outDir, rel), { force: true });
       removed.push(rel);
       try {
