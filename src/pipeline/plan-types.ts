@@ -1,0 +1,65 @@
+// The plan's shapes: the flags, the results shared between the stages of one run, the plan.
+import type { CompileOutput } from '../stages/compile.js';
+import type { ExtractOutput } from '../stages/extract.js';
+import type { ImageOutput } from '../stages/image.js';
+import type { InitramfsOutput } from '../stages/initramfs.js';
+import type { KconfigOutput } from '../stages/kconfig.js';
+import type { KernelOutput } from '../stages/kernel.js';
+import type { ModulesOutput, ModuleSet } from '../stages/modules.js';
+import type { RootfsOutput } from '../stages/rootfs.js';
+import type { SourceOutput } from '../stages/source.js';
+import type { XenConfigsOutput } from '../stages/xenconfigs.js';
+import type { PublishOutput } from '../lib/publish.js';
+import type { PipelineStage } from './run.js';
+import type { Description } from './schema.js';
+
+export interface PlanFlags {
+  strictVersion?: boolean;
+  source?: string | undefined;
+  sha256?: string | undefined;
+  pureJs?: boolean;
+  noCache?: boolean;
+  jobs?: number | undefined;
+  /** --out: where the store-shaped tree is written. */
+  outDir?: string | undefined;
+  /** --source-date-epoch or $SOURCE_DATE_EPOCH; default: the newest mtime in the busybox tarball. */
+  sourceDateEpoch?: number | undefined;
+  /** --until: stop after this stage. */
+  until?: string | undefined;
+  /** Directory of the description file: relative paths in it are resolved from there. */
+  baseDir?: string | undefined;
+  /** --force-vermagic: copy modules whose vermagic names another kernel release (warning). */
+  forceVermagic?: boolean;
+  /** --allow-inconsistent: hosts that disagree on kernel/ramdisk/disk/bridge are a warning. */
+  allowInconsistent?: boolean;
+  /** --publish and its options: copy the --out tree into store.path. */
+  publish?: { allowUnmounted: boolean; force: boolean; lockTimeoutMs: number; store?: string | undefined } | undefined;
+}
+
+/** Results shared between the stages of one run, filled as they complete. */
+export interface PlanState {
+  source?: SourceOutput;
+  extract?: ExtractOutput;
+  kconfig?: KconfigOutput;
+  compile?: CompileOutput;
+  kernel?: KernelOutput;
+  modules?: ModulesOutput;
+  /** `domu modules`: the closure without a guest layout. */
+  moduleSet?: ModuleSet;
+  rootfs?: RootfsOutput;
+  initramfs?: InitramfsOutput;
+  image?: ImageOutput;
+  /** Kernel and ramdisk as placed in --out (after the image succeeded). */
+  boot?: { kernel: string; ramdisk?: string | undefined };
+  configs?: XenConfigsOutput;
+  published?: PublishOutput & { store: string };
+}
+
+export interface Plan {
+  command: string;
+  description: Description;
+  stages: PipelineStage[];
+  state: PlanState;
+  /** Stages of the designed pipeline that this version does not have yet. */
+  notYetAvailable: string[];
+}

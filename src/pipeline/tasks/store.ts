@@ -1,0 +1,74 @@
+// Pipeline tasks of the store: the xen configs, the store check and --publish.
+import { existsSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
+import { checkStore, publish } from '../../lib/publish.js';
+import type { PipelineStage } from '../run.js';
+import type { Description } from '../schema.js';
+import type { PlanFlags, PlanState } from '../plan-types.js';
+import { bootNames } from './image.js';
+
+/**
+ * The xen configs stage: rendered once at plan time with a placeholder release, so that a bad
+ * inventory (unsafe values, hosts that disagree) is exit 2 before anything runs; rendered for
+ * real and written into --out when the stage runs (after the image, in a build).
+ */
+export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  renderConfigs(desc, bootNames(desc, '0.0.0-plan'), { allowInconsistent: flags.allowInconsistent ?? false });
+  const out = resolve(flags.outDir ?? 'out');
+  return {
+    name: 'xen configs',
+    title: `Render the Xen configs for ${desc.hosts.length} host${desc.hosts.length === 1 ? '' : 's'}`,
+    run: async (ctx) => {
+      const boot = state.kernel ? bootNames(desc, state.kernel.release) : {};
+      const result = renderConfigs(desc, boot, { allowInconsistent: flags.allowInconsistent ?? false });
+      const c = await writeConfigs(result, out, ctx);
+      state.configs = c;
+      return { cacheHit: false, note: `${c.files.length} files (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
+    },
+  };
+}
+
+/** With --publish, the store is checked first, so a build does not run only to find it unusable. */
+export function storeCheckTask(desc: Description, flags: PlanFlags): PipelineStage {
+  const store = resolve(flags.publish!.store ?? desc.store.path);
+  return {
+    name: 'store',
+    title: `Check the store ${store}`,
+    run: async () => {
+      const real = await checkStore(store, flags.publish!.allowUnmounted);
+      return { cacheHit: false, note: real, outputs: { store: real } };
+    },
+  };
+}
+
+/**
+ * --publish: the --out tree into the store (lib/publish.ts: lock, hand-edit check, temp + fsync
+ * + rename, the previous image kept as .prev). A build publishes the image, boot/ and the
+ * configs; `domu configs` the configs only, and warns when they name boot files the store lacks.
+ */
+export function publishTask(desc: Description, flags: PlanFlags, state: PlanState, what: 'build' | 'configs'): PipelineStage {
+  const opts = flags.publish!;
+  const store = resolve(opts.store ?? desc.store.path);
+  const out = resolve(flags.outDir ?? 'out');
+  return {
+    name: 'publish',
+    title: `Publish to ${store}`,
+    run: async (ctx) => {
+      const files = [...(state.configs?.files ?? [])];
+      let image: string | undefined;
+      if (what === 'build') {
+        image = desc.image.file;
+        const boot = state.boot;
+        for (const p of [boot?.kernel, boot?.ramdisk]) if (p) files.unshift(relative(out, p));
+      } else {
+        for (const f of [state.kernel && bootNames(desc, state.kernel.release)].flatMap((b) => (b && desc.kernel.ship ? [b.kernel, b.ramdisk] : []))) {
+          if (f && !existsSync(join(store, 'boot', f))) ctx.log.warn(`the configs name boot/${f}, which ${store} does not have yet: publish a build (domu build --publish) before starting the guest`);
+        }
+      }
+      const r = await publish({ outDir: out, store, files, image, force: opts.force, allowUnmounted: opts.allowUnmounted, lockTimeoutMs: opts.lockTimeoutMs, command: `domu ${what}` }, ctx);
+      state.published = { ...r, store };
+      return { cacheHit: false, note: `${r.written.length} written, ${r.unchanged.length} unchanged${r.backups.length ? `, ${r.backups.length} .bak kept` : ''}`, outputs: { store, ...r } };
+    },
+  };
+}
