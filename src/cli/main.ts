@@ -7,6 +7,8 @@ import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from
 import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
 import { defaultCacheDir } from '../pipeline/cache.js';
 import { BUILD_STAGES, planBuild, planConfigs, planFetch, planModules, type Plan, type PlanFlags } from '../pipeline/plan.js';
+import { planRelease } from '../pipeline/tasks/release.js';
+import { planVerify } from '../pipeline/tasks/verify.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../pipeline/schema.js';
 import { parseEpoch } from '../lib/epoch.js';
@@ -40,6 +42,8 @@ interface CommonOpts {
   force?: boolean;
   lockTimeout?: string;
   store?: string;
+  timeout?: string;
+  dist?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -209,14 +213,20 @@ async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   }
 }
 
-function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags, args: string[]) => Plan) {
+function seconds(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) throw new InputError(`${flag} ${v}: expected a positive number of seconds`);
+  return Number(v);
+}
+
+function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags, args: string[], o: CommonOpts) => Plan) {
   return async (...params: unknown[]) => {
     // commander passes the positional arguments first, then the options.
     const args = params.length > 2 ? (params[0] as string[]) : [];
     const o = params[params.length > 2 ? 1 : 0] as CommonOpts;
     let p: Plan;
     try {
-      p = plan(loadFrom(o), flagsFrom(o), args);
+      p = plan(loadFrom(o), flagsFrom(o), args, o);
     } catch (e) {
       process.exitCode = printError(e, o.json ?? false, name);
       return;
@@ -227,12 +237,6 @@ function pipelineCommand(name: string, plan: (d: Description, f: PlanFlags, args
       // Setting up the run itself failed (e.g. an unwritable --cache-dir).
       process.exitCode = printError(e, o.json ?? false, name);
     }
-  };
-}
-
-function notYet(name: string, issue: number) {
-  return (o: { json?: boolean }) => {
-    process.exitCode = printError(new DomuError(`\`domu ${name}\` is not available in domu ${DOMU_VERSION} yet (planned, issue ${issue})`), o.json ?? false, name);
   };
 }
 
@@ -261,12 +265,12 @@ export function program(): Command {
   withPublish(withCommon(p.command('configs').description("regenerate every host's Xen and host configs from the description; no image work (npm run configs)"))).action(
     pipelineCommand('configs', planConfigs),
   );
-  for (const [name, issue, what] of [
-    ['verify', 7, 'QEMU boot check of a built image'],
-    ['release', 7, 'versioned artifacts: compressed image, SHA256SUMS, manifest'],
-  ] as const) {
-    withCommon(p.command(name).description(`${what} (not yet available)`)).action(notYet(name, issue));
-  }
+  withCommon(p.command('verify').description('boot the build in --out under QEMU and check the guest (ready marker, applets, modules)'))
+    .option('--timeout <seconds>', 'how long to wait for the guest (default 120)')
+    .action(pipelineCommand('verify', (d, f, _a, o) => planVerify(d, f, { timeoutS: seconds(o.timeout, '--timeout') })));
+  withCommon(p.command('release').description('versioned, reproducible artifacts of the build in --out: compressed image, boot files, configs, SHA256SUMS, manifest'))
+    .option('--dist <dir>', 'where releases go (default dist/)')
+    .action(pipelineCommand('release', (d, f, _a, o) => planRelease(d, f, { dist: o.dist === undefined ? undefined : resolve(o.dist) })));
   return p;
 }
 
