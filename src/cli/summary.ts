@@ -1,5 +1,7 @@
 // The run summary: one JSON document under --json, a few plain lines otherwise.
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { sha256 } from '../lib/hash.js';
 import type { Plan } from '../pipeline/plan.js';
 import type { ModuleSet } from '../stages/modules.js';
 import type { StageRecord } from '../pipeline/run.js';
@@ -20,6 +22,11 @@ export interface Summary {
   modules?: ModuleReport;
   boot?: { kernel: string; ramdisk?: string | undefined };
   configs?: { files: string[]; written: number; unchanged: number; removed: string[]; domain: Record<string, unknown> };
+  /** Every artifact of a complete build (paths absolute), and whether anything changed. */
+  artifacts?: { path: string; apparentBytes: number; allocatedBytes: number; sha256: string }[];
+  upToDate?: boolean;
+  /** Where the build deviated from what was asked, in plain words. */
+  substitutions?: string[];
   published?: { store: string; written: string[]; unchanged: string[]; backups: string[]; previousImage?: string | undefined; lockWaitMs: number };
   log?: string;
 }
@@ -89,13 +96,34 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.boot ? { boot: plan.state.boot } : {}),
     ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
     ...(plan.state.published ? { published: { ...plan.state.published } } : {}),
+    ...(plan.state.record ? artifactsOf(plan) : {}),
     ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
 }
 
+/** The build record's artifacts with absolute paths, and the substitutions in plain words. */
+function artifactsOf(plan: Plan): Pick<Summary, 'artifacts' | 'upToDate' | 'substitutions'> {
+  const r = plan.state.record!;
+  const out = dirname(plan.state.image!.path);
+  const abs = (a: { path: string; apparentBytes: number; allocatedBytes: number; sha256: string }) => ({ ...a, path: join(out, a.path) });
+  const artifacts = [r.image, r.boot.kernel, r.boot.ramdisk].flatMap((a) => (a ? [abs(a)] : []));
+  for (const f of r.configs) {
+    const p = join(out, f);
+    const st = statSync(p);
+    artifacts.push({ path: p, apparentBytes: st.size, allocatedBytes: st.blocks * 512, sha256: sha256(readFileSync(p)) });
+  }
+  const substitutions: string[] = [];
+  const sub = r.busybox.substitution;
+  if (sub) substitutions.push(`busybox ${sub.used} was built instead of the requested ${sub.requested}: ${sub.reason} (from ${sub.from})`);
+  if (r.kernel?.origin === 'package') substitutions.push(`the guest kernel ${r.kernel.release} is Debian's package ${r.kernel.package} ${r.kernel.version} (this host has no kernel of its own to use)`);
+  const upToDate = plan.state.record === undefined ? false : plan.state.previous?.buildHash === r.buildHash && !!plan.state.imageUpToDate;
+  return { artifacts, substitutions, upToDate };
+}
+
 export function formatSummary(sum: Summary): string {
   const lines: string[] = [];
+  if (sum.artifacts) return formatBuild(sum, lines);
   const b = sum.busybox;
   if (b) {
     lines.push(`busybox ${b.resolvedVersion} (${b.provider}: ${b.origin})`);
@@ -131,6 +159,24 @@ export function formatSummary(sum: Summary): string {
   if (sum.notYetAvailable?.length) {
     lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')}${img ? '' : ' — no image was built'}`);
   }
+  if (sum.log) lines.push(`log: ${sum.log}`);
+  return lines.join('\n');
+}
+
+/** A complete build: every artifact, the substitutions in plain words, whether it was up to date. */
+function formatBuild(sum: Summary, lines: string[]): string {
+  const mib = (n: number) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
+  lines.push(sum.upToDate ? 'up to date: every stage hit the cache; nothing in the output was rewritten' : 'built:');
+  const rows = sum.artifacts!.filter((a, i) => i < 3 || sum.artifacts!.length <= 15);
+  for (const a of rows) lines.push(`  ${a.path}  ${mib(a.apparentBytes)} apparent, ${mib(a.allocatedBytes)} allocated  sha256 ${a.sha256}`);
+  if (rows.length < sum.artifacts!.length) lines.push(`  … and ${sum.artifacts!.length - rows.length} more config files (all listed in --json)`);
+  for (const t of sum.substitutions ?? []) lines.push(`note: ${t}`);
+  if (sum.modules) lines.push(`modules: ${sum.modules.modules.map((m) => m.name).join(' ') || 'none'} (vermagic ${sum.modules.release})`);
+  if (sum.published) {
+    const p = sum.published;
+    lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
+  }
+  for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.log) lines.push(`log: ${sum.log}`);
   return lines.join('\n');
 }

@@ -179,12 +179,14 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
   const files = listModuleFiles(dir);
   const key = opts.cache ? await fingerprint(dir, files) : undefined;
   const storedPath = opts.cache && key ? join(opts.cache.entryPath(CACHE_KIND, key), 'index.json') : undefined;
+  const memo = key ? memory.get(key) : undefined;
+  if (memo) return { ...memo, dir };
   if (storedPath) {
     const text = await readOptional(storedPath).catch(() => undefined);
     if (text) {
       try {
         const stored = JSON.parse(text) as StoredIndex;
-        if (stored.version === MODULE_INDEX_VERSION) return { dir, source: 'cached', paths: new Map(stored.paths), aliases: stored.aliases, builtin, builtinAliases };
+        if (stored.version === MODULE_INDEX_VERSION) return remember(key!, { dir, source: 'cached', paths: new Map(stored.paths), aliases: stored.aliases, builtin, builtinAliases });
       } catch {
         // A damaged index is rebuilt below.
       }
@@ -211,7 +213,18 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
     // Best effort: an unwritable cache only costs the next run a scan.
     await writeFileAtomic(storedPath, JSON.stringify(stored)).catch(() => {});
   }
-  return { dir, source: 'scan', paths, aliases, builtin, builtinAliases };
+  const index: ModuleIndex = { dir, source: 'scan', paths, aliases, builtin, builtinAliases };
+  return key ? remember(key, index) : index;
+}
+
+/**
+ * Indexes read in this process, by fingerprint: a build resolves the guest's modules and the
+ * ramdisk's from the same tree, and parsing the stored index twice costs ~50 ms.
+ */
+const memory = new Map<string, ModuleIndex>();
+function remember(key: string, index: ModuleIndex): ModuleIndex {
+  memory.set(key, { ...index, source: 'cached' });
+  return index;
 }
 
 /** A module alias pattern (fnmatch: `*`, `?`, `[…]`) as a RegExp; plain strings need none. */

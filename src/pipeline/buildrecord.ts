@@ -29,7 +29,7 @@ export interface BuildRecord {
     resolvedVersion: string;
     provider: string;
     origin: string;
-    substitution: { version: string; reason: string } | null;
+    substitution: { requested: string; used: string; reason: string; from: string } | null;
     tarballSha256: string;
     configSha256: string;
     applets: number | null;
@@ -42,9 +42,11 @@ export interface BuildRecord {
   sourceDateEpoch: number;
   /** Versions of the tools that shaped the artifacts. */
   tools: Record<string, string>;
-  image: ArtifactRecord & { uuid: string; populate: string; reproducible: boolean };
+  image: ArtifactRecord & { uuid: string; populate: 'rootless' | 'mount'; reproducible: boolean; inodesUsed: number; files: number };
   /** Kernel and ramdisk in boot/ (when shipped). */
   boot: { kernel: ArtifactRecord | null; ramdisk: ArtifactRecord | null };
+  /** The generated ramdisk (when kernel.ramdisk is generate), as the initramfs stage reported it. */
+  initramfs: { path: string; sha256: string; size: number; uncompressedSize: number; entries: number; modules: string[]; loadList: string } | null;
   /** Generated config files (relative paths). */
   configs: string[];
   /**
@@ -54,6 +56,9 @@ export interface BuildRecord {
   imageKey: string;
   /** The image file as written, to tell that --out still holds it unchanged. */
   imageFile: { ino: number; mtimeMs: number; size: number };
+  /** Everything the generated ramdisk depends on; null without one. */
+  ramdiskKey: string | null;
+  ramdiskFile: { ino: number; mtimeMs: number; size: number } | null;
   /** Hash of this record's content fields (not the file identity): names a release. */
   buildHash: string;
 }
@@ -67,9 +72,14 @@ export async function readBuildRecord(outDir: string): Promise<BuildRecord | und
   }
 }
 
-/** The record's content hash: everything but the file identity and the hash itself. */
-export function buildHashOf(r: Omit<BuildRecord, 'buildHash' | 'imageFile'>): string {
-  return hashValue(r);
+/**
+ * The record's content hash: everything but the file identities, the hash itself and how this
+ * run obtained the tarball (`provider`: "cache" on a rebuild, "local" or "debian" the first
+ * time — the tarball's sha256 and origin already say what it is).
+ */
+export function buildHashOf(r: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'>): string {
+  const { provider: _provider, ...busybox } = r.busybox;
+  return hashValue({ ...r, busybox });
 }
 
 export async function writeBuildRecord(outDir: string, r: BuildRecord): Promise<void> {

@@ -12,6 +12,7 @@ import type { XenConfigsOutput } from '../stages/xenconfigs.js';
 import type { PublishOutput } from '../lib/publish.js';
 import type { PipelineStage } from './run.js';
 import type { Description } from './schema.js';
+import type { BuildRecord } from './buildrecord.js';
 
 export interface PlanFlags {
   strictVersion?: boolean;
@@ -52,6 +53,16 @@ export interface PlanState {
   /** Kernel and ramdisk as placed in --out (after the image succeeded). */
   boot?: { kernel: string; ramdisk?: string | undefined };
   configs?: XenConfigsOutput;
+  /** SOURCE_DATE_EPOCH of this build (flag, environment, or the busybox tarball's newest mtime). */
+  sourceDateEpoch?: number;
+  /** out/build.json of the previous build, when there is one. */
+  previous?: BuildRecord | undefined;
+  imageKey?: string;
+  ramdiskKey?: string;
+  /** The image in --out is already what these inputs give: rootfs and image were skipped. */
+  imageUpToDate?: boolean;
+  ramdiskUpToDate?: boolean;
+  record?: BuildRecord;
   published?: PublishOutput & { store: string };
 }
 

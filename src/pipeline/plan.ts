@@ -10,6 +10,7 @@ import { compileTask, extractTask, kconfigTask, sourceTask } from './tasks/busyb
 import { imageTask, rootfsTask } from './tasks/image.js';
 import { checkRamdisk, headersFor, initramfsTask, kernelTask, moduleNames, moduleSources, modulesTask } from './tasks/kernel.js';
 import { publishTask, storeCheckTask, xenConfigsTask } from './tasks/store.js';
+import { recordTask } from './tasks/record.js';
 
 export type { Plan, PlanFlags, PlanState } from './plan-types.js';
 export { COMPAT_HEADER, resolveDataPath, sourceInput } from './tasks/busybox.js';
@@ -90,6 +91,7 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
         const b = builders[n];
         return b ? [b()] : [];
       }),
+      ...(last === BUILD_STAGES.length - 1 ? [recordTask(description, flags, state)] : []),
       ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
     ],
     notYetAvailable: flags.until === undefined ? LATER_STAGES : [],

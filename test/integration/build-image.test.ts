@@ -12,7 +12,7 @@ import { PROJECT_ROOT } from '../../src/lib/paths.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
 import type { KernelPackage } from '../../src/lib/kernel.js';
-import { domuJson, stage, startDomu } from '../helpers/cli.js';
+import { domu, domuJson, stage, startDomu } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 
 const env = { log: memoryLogger(), signal: new AbortController().signal };
@@ -98,7 +98,7 @@ describe('the default guest image', () => {
     expect((await stat(first.s.boot!.kernel)).size).toBe((await stat(kernel.image)).size);
     const initramfs = stage(first.s, 'initramfs').outputs as { modules: string[]; sha256: string };
     expect(initramfs.modules).toEqual(expect.arrayContaining(['xen_blkfront', 'ext4', 'jbd2', 'crc32c_generic', 'virtio_blk', 'virtio_pci']));
-    expect((await readdir(join(dir, 'out1'))).sort()).toEqual(['boot', 'busybox.img', 'hosts', 'storage', 'xen']);
+    expect((await readdir(join(dir, 'out1'))).sort()).toEqual(['boot', 'build.json', 'busybox.img', 'hosts', 'storage', 'xen']);
   }, 300_000);
 
   it('a second build of the same inputs is byte-identical (rootless)', async () => {
@@ -109,13 +109,65 @@ describe('the default guest image', () => {
     expect(stage(again.s, 'initramfs').outputs.sha256).toBe(stage(first.s, 'initramfs').outputs.sha256);
   }, 120_000);
 
+  it('a rebuild with nothing changed is up to date: every stage cached, the image not rewritten', async () => {
+    const out = join(dir, 'out1');
+    const before = await stat(join(out, 'busybox.img'));
+    const boot = await stat(join(out, 'boot', `initrd-${kernel.release}-busybox.gz`));
+    const record = await readFile(join(out, 'build.json'), 'utf8');
+    const again = await build(out);
+    expect(again.r.exitCode, again.r.stderr).toBe(0);
+    expect(again.s.upToDate).toBe(true);
+    for (const n of ['source', 'extract', 'kconfig', 'compile', 'rootfs', 'initramfs', 'image', 'record']) expect(stage(again.s, n).cacheHit, n).toBe(true);
+    const after = await stat(join(out, 'busybox.img'));
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    const bootAfter = await stat(join(out, 'boot', `initrd-${kernel.release}-busybox.gz`));
+    expect([bootAfter.ino, bootAfter.mtimeMs]).toEqual([boot.ino, boot.mtimeMs]);
+    expect(await readFile(join(out, 'build.json'), 'utf8')).toBe(record);
+    // The plain summary says so in words and lists every artifact with sizes and sha256.
+    const text = await domu(['build', '--config', plain, '--cache-dir', cache, '--source', tarball, '--jobs', '2', '--out', out]);
+    expect(text.stdout).toContain('up to date: every stage hit the cache; nothing in the output was rewritten');
+    expect(text.stdout).toMatch(new RegExp(`${out}/busybox\\.img  1024\\.0 MiB apparent, \\d+\\.\\d MiB allocated  sha256 [0-9a-f]{64}`));
+    // Touching the image by hand makes the next build rebuild it.
+    await writeFile(join(out, 'busybox.img'), 'replaced by hand');
+    const rebuilt = await build(out);
+    expect(stage(rebuilt.s, 'image').cacheHit).toBe(false);
+    expect((await stat(join(out, 'busybox.img'))).size).toBe(1 << 30);
+  }, 180_000);
+
+  it('a skel-only change rebuilds only rootfs and image; a hosts-only change only the configs', async () => {
+    const lab = join(dir, 'lab-change');
+    await cp(join(PROJECT_ROOT, 'rootfs-skel'), join(lab, 'rootfs-skel'), { recursive: true });
+    await cp(join(PROJECT_ROOT, 'rootfs-devices.txt'), join(lab, 'rootfs-devices.txt'));
+    const config = join(lab, 'guest.yaml');
+    const yaml = (hosts: string) => `busybox:\n  version: 1.35.0\nimage:\n  skel: rootfs-skel\n${kernelYaml}${hosts}`;
+    await writeFile(config, yaml(''));
+    const out = join(dir, 'out-change');
+    const run = () => domuJson(['build', '--json', '--config', config, '--cache-dir', cache, '--source', tarball, '--jobs', '2', '--out', out]);
+    expect((await run()).r.exitCode).toBe(0);
+    const rebuilt = (s: Awaited<ReturnType<typeof run>>['s']) => s.stages.filter((x) => !x.cacheHit).map((x) => x.name);
+
+    await writeFile(join(lab, 'rootfs-skel', 'etc', 'motd'), 'welcome\n');
+    const skel = await run();
+    expect(skel.r.exitCode, skel.r.stderr).toBe(0);
+    // kernel, modules and xen configs always run (cheap: memo, cached index, unchanged files are not rewritten).
+    expect(rebuilt(skel.s)).toEqual(['kernel', 'modules', 'rootfs', 'image', 'xen configs', 'record']);
+    expect(skel.s.configs!.written).toBe(0);
+
+    await writeFile(config, yaml('hosts:\n  - { name: test1, address: 172.16.31.1, bridge: xenbr0 }\n  - { name: test3, address: 172.16.31.3, bridge: xenbr0 }\n'));
+    const hosts = await run();
+    expect(hosts.r.exitCode, hosts.r.stderr).toBe(0);
+    expect(rebuilt(hosts.s)).toEqual(['kernel', 'modules', 'xen configs', 'record']);
+    expect(hosts.s.configs!.written).toBeGreaterThan(0);
+    expect(hosts.s.configs!.removed).toContain('xen/test2/busybox.cfg');
+  }, 300_000);
+
   it('--publish copies image, boot files and configs into the store; a changed image keeps the old one as .prev', async () => {
     const store = join(dir, 'store');
     await mkdir(store, { recursive: true });
     const pub = (out: string, extra: string[] = []) => build(out, ['--publish', '--store', store, '--allow-unmounted', ...extra]);
     const a = await pub(join(dir, 'out-pub'));
     expect(a.r.exitCode, a.r.stderr).toBe(0);
-    expect(a.s.stages.map((x) => x.name)).toEqual(['store', 'source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs', 'publish']);
+    expect(a.s.stages.map((x) => x.name)).toEqual(['store', 'source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs', 'record', 'publish']);
     const published = await readFile(join(store, 'busybox.img'));
     expect(published.equals(await readFile(join(dir, 'out-pub', 'busybox.img')))).toBe(true);
     expect((await stat(join(store, 'busybox.img'))).blocks * 512).toBeLessThanOrEqual(40 * 1048576); // still sparse

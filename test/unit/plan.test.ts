@@ -31,7 +31,8 @@ function inputError(f: () => unknown): InputError {
 
 describe('planBuild', () => {
   it('has every designed stage up to the xen configs, in order', () => {
-    expect(planBuild(desc(''), flags()).stages.map((s) => s.name)).toEqual([...BUILD_STAGES]);
+    expect(planBuild(desc(''), flags()).stages.map((s) => s.name)).toEqual([...BUILD_STAGES, 'record']);
+    expect(planBuild(desc(''), flags({ until: 'image' })).stages.map((s) => s.name).at(-1)).toBe('image'); // no record of a partial build
     expect(BUILD_STAGES).toEqual(['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs']);
   });
 

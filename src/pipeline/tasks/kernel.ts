@@ -5,8 +5,10 @@ import { InputError } from '../../lib/errors.js';
 import { get, isOn, parseConfig } from '../../lib/kconfig.js';
 import { fetchKernelHeaders } from '../../lib/kbuild.js';
 import type { ModuleCompression } from '../../lib/modinfo.js';
-import { newestMtime } from '../../lib/epoch.js';
-import { initramfsStage } from '../../stages/initramfs.js';
+import { INIT_SCRIPT, initramfsStage } from '../../stages/initramfs.js';
+import { readBuildRecord } from '../buildrecord.js';
+import { fileIdentity, ramdiskKey, sameIdentity } from '../uptodate.js';
+import { bootNames, epochOf } from './image.js';
 import { kernelStage, localBuildDir, type KernelOutput } from '../../stages/kernel.js';
 import { modulesStage, resolveModules } from '../../stages/modules.js';
 import type { PipelineStage } from '../run.js';
@@ -102,17 +104,26 @@ export function initramfsTask(desc: Description, flags: PlanFlags, state: PlanSt
     run: async (ctx) => {
       const k = state.kernel!;
       const set = await resolveModules({ release: k.release, modulesDir: k.modulesDir, requests: RAMDISK_MODULES, forceVermagic: flags.forceVermagic ?? false }, ctx);
-      const sourceDateEpoch = flags.sourceDateEpoch ?? (await newestMtime(state.extract!.tree));
-      const r = await initramfsStage(
-        {
-          busybox: join(state.compile!.installTree, 'bin', 'busybox'),
-          release: k.release,
-          modules: set.closure.modules.map((m) => ({ name: m.name, file: m.file, path: m.path })),
-          output: join(ctx.workDir, 'initramfs', `initrd-${k.release}.gz`),
-          sourceDateEpoch,
-        },
-        ctx,
-      );
+      const sourceDateEpoch = await epochOf(flags, state);
+      const input = {
+        busybox: join(state.compile!.installTree, 'bin', 'busybox'),
+        release: k.release,
+        modules: set.closure.modules.map((m) => ({ name: m.name, file: m.file, path: m.path })),
+        output: join(ctx.workDir, 'initramfs', `initrd-${k.release}.gz`),
+        sourceDateEpoch,
+      };
+      // Up to date: the ramdisk in --out/boot was generated from the same inputs and not touched since.
+      const out = resolve(flags.outDir ?? 'out');
+      state.ramdiskKey = await ramdiskKey({ ...input, initScript: INIT_SCRIPT });
+      state.previous ??= await readBuildRecord(out);
+      const prev = state.previous;
+      const placed = join(out, 'boot', bootNames(desc, k.release).ramdisk!);
+      if (!flags.noCache && prev?.initramfs && prev.ramdiskKey === state.ramdiskKey && sameIdentity(await fileIdentity(placed), prev.ramdiskFile ?? undefined)) {
+        state.initramfs = { ...prev.initramfs, path: placed };
+        state.ramdiskUpToDate = true;
+        return { cacheHit: true, note: 'up to date', outputs: { ...state.initramfs } };
+      }
+      const r = await initramfsStage(input, ctx);
       state.initramfs = r;
       return { cacheHit: false, note: `${(r.size / 1048576).toFixed(1)} MiB, ${r.modules.length} modules`, outputs: { ...r } };
     },

@@ -1,0 +1,85 @@
+// The last step of a build: `out/build.json` (buildrecord.ts), written only when everything else
+// succeeded. It also says whether the build changed anything at all ("up to date").
+import { execa } from 'execa';
+import { stat } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
+import { sha256File } from '../../lib/hash.js';
+import { DOMU_VERSION } from '../../cli/version.js';
+import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../buildrecord.js';
+import type { PipelineStage } from '../run.js';
+import type { Description } from '../schema.js';
+import type { PlanFlags, PlanState } from '../plan-types.js';
+import { fileIdentity } from '../uptodate.js';
+
+async function artifact(out: string, path: string): Promise<ArtifactRecord> {
+  const st = await stat(path);
+  return { path: relative(out, path), sha256: await sha256File(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
+}
+
+/** The first line a tool prints for its version (stdout or stderr), or '' when it has none. */
+async function toolVersion(file: string, args: string[]): Promise<string> {
+  const r = await execa(file, args, { reject: false, stdin: 'ignore' });
+  return `${r.stdout}\n${r.stderr}`.split('\n').find((l) => l.trim())?.trim() ?? '';
+}
+
+export function recordTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
+  const out = resolve(flags.outDir ?? 'out');
+  return {
+    name: 'record',
+    title: 'Record the build (build.json)',
+    run: async (ctx) => {
+      const s = state.source!;
+      const img = state.image!;
+      const imagePath = join(out, desc.image.file);
+      const ramdiskPath = state.boot?.ramdisk;
+      const body: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'> = {
+        version: BUILD_RECORD_VERSION,
+        domu: DOMU_VERSION,
+        description: desc,
+        busybox: {
+          requestedVersion: s.requestedVersion,
+          resolvedVersion: s.resolvedVersion,
+          provider: s.provider,
+          origin: s.origin,
+          substitution: s.substitution ?? null,
+          tarballSha256: s.sha256,
+          configSha256: state.kconfig!.configSha256,
+          applets: state.compile!.applets ?? null,
+          compileKey: state.compile!.key,
+        },
+        kernel: state.kernel ? { release: state.kernel.release, origin: state.kernel.origin, package: state.kernel.package ?? null, version: state.kernel.version ?? null } : null,
+        modules: (state.modules?.modules ?? []).map((m) => ({ name: m.name, dest: m.dest, vermagic: m.release, verdict: m.verdict, size: m.size })),
+        ramdiskModules: state.initramfs?.modules ?? [],
+        sourceDateEpoch: state.sourceDateEpoch!,
+        tools: {
+          domu: DOMU_VERSION,
+          node: process.version,
+          cc: state.kconfig!.toolchain.ccVersion,
+          mke2fs: await toolVersion('mke2fs', ['-V']),
+        },
+        image: { path: relative(out, imagePath), sha256: img.sha256, apparentBytes: img.apparentBytes, allocatedBytes: img.allocatedBytes, uuid: img.uuid, populate: img.populate, reproducible: img.reproducible, inodesUsed: img.inodesUsed, files: img.files },
+        boot: {
+          kernel: state.boot?.kernel ? await artifact(out, state.boot.kernel) : null,
+          ramdisk: ramdiskPath ? await artifact(out, ramdiskPath) : null,
+        },
+        initramfs: state.initramfs && ramdiskPath ? { ...state.initramfs, path: relative(out, ramdiskPath) } : null,
+        configs: state.configs?.files ?? [],
+        imageKey: state.imageKey!,
+        ramdiskKey: state.ramdiskKey ?? null,
+      };
+      const record: BuildRecord = {
+        ...body,
+        imageFile: (await fileIdentity(imagePath))!,
+        ramdiskFile: ramdiskPath ? ((await fileIdentity(ramdiskPath)) ?? null) : null,
+        buildHash: buildHashOf(body),
+      };
+      const unchanged =
+        !!state.imageUpToDate && (state.ramdiskUpToDate ?? !state.initramfs) && (state.configs?.written ?? 0) === 0 && state.previous?.buildHash === record.buildHash;
+      if (!unchanged) await writeBuildRecord(out, record);
+      state.record = record;
+      const note = unchanged ? `up to date: nothing in ${out} was rewritten` : `build ${record.buildHash.slice(0, 12)} recorded in ${join(out, 'build.json')}`;
+      ctx.log.info(note);
+      return { cacheHit: unchanged, note, outputs: { buildHash: record.buildHash, upToDate: unchanged, path: join(out, 'build.json') } };
+    },
+  };
+}
