@@ -25,7 +25,7 @@ export async function benchCompile(tarball: string, version: string, runs = 3, c
   const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
   const base = await mkdtemp(join(tmpdir(), 'domu-bench-compile-'));
   const domu = projectPath('bin', 'domu.js');
-  const domuArgs = (cache: string) => [domu, 'build', '--json', '--cache-dir', cache, '--busybox-version', version, '--source', tarball, '--jobs', '2'];
+  const domuArgs = (cache: string) => [domu, 'build', '--json', '--until', 'compile', '--cache-dir', cache, '--busybox-version', version, '--source', tarball, '--jobs', '2'];
   const samples = { domu: [] as number[], shell: [] as number[], cached: [] as number[] };
   let lastCache = '';
   try {
