@@ -7,6 +7,8 @@ import { benchExtract } from './extract.js';
 import { reportImageBench } from './image.js';
 import { reportClosureBench } from './closure.js';
 import { reportConfigsBench } from './configs.js';
+import { reportBuildBench } from './build.js';
+import { reportReleaseBench } from './release.js';
 
 const row = (name: string, s: number, ratio: number) =>
   `| ${name.padEnd(28)} | ${s.toFixed(3).padStart(8)} | ${Number.isFinite(ratio) ? ratio.toFixed(2).padStart(8) : '       -'} |`;
@@ -37,7 +39,7 @@ async function compile(tarball: string): Promise<void> {
   console.log(`target: cold <= 1.05 x shell: ${r.ratio <= 1.05 ? 'met' : 'NOT met'} (${r.ratio.toFixed(3)}); cached <= 0.5 s: ${r.cachedS <= 0.5 ? 'met' : 'NOT met'} (${r.cachedS.toFixed(3)} s)\n`);
 }
 
-const BENCHES: Record<string, (tarball: string) => Promise<void>> = { extract, compile, image: () => reportImageBench(), closure: () => reportClosureBench(), configs: () => reportConfigsBench() };
+const BENCHES: Record<string, (tarball: string) => Promise<void>> = { extract, compile, image: () => reportImageBench(), closure: () => reportClosureBench(), configs: () => reportConfigsBench(), build: () => reportBuildBench(), release: () => reportReleaseBench() };
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2).filter((a) => a in BENCHES);
