@@ -4,9 +4,9 @@
 
 # Packages only the tests need on top of the product's own list (scripts/debian-packages.txt).
 # kmod: the tests compare our .modinfo reader with kmod's modinfo (and run depmod).
-# cpio: reads back our own cpio writer's archives. qemu-system-x86: boots the generated ramdisk.
+# cpio: reads back our own cpio writer's archives.
 # tgt, libiscsi-bin: a real iSCSI target (tgtd) loads the generated targets.conf; iscsi-ls sees it.
-TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross kmod cpio qemu-system-x86 tgt libiscsi-bin
+TEST_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross kmod cpio tgt libiscsi-bin
 
 all: image
 

@@ -1,5 +1,12 @@
 // `domu verify`: boot the build in --out under QEMU and check the guest (issue 7).
-import { DomuError } from '../../lib/errors.js';
+// What to boot comes from --out/build.json (image, kernel and ramdisk, applet count, modules, and
+// the description the build ran with); a missing or unreadable record is bad input (exit 2),
+// checked before anything runs.
+import { readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { errorMessage, InputError } from '../../lib/errors.js';
+import { verifyNote, verifyStage } from '../../stages/verify.js';
+import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../buildrecord.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import type { Description } from '../schema.js';
 
@@ -8,6 +15,84 @@ export interface VerifyFlags {
   timeoutS?: number | undefined;
 }
 
-export function planVerify(_description: Description, _flags: PlanFlags, _verify: VerifyFlags): Plan {
-  throw new DomuError('`domu verify` is not available yet (issue 7)');
+export const DEFAULT_VERIFY_TIMEOUT_S = 120;
+
+/** The build record of `out`, or an InputError that says what to do. */
+export function buildRecordFor(out: string): BuildRecord {
+  const file = join(out, BUILD_RECORD);
+  const again = `run \`domu build --out ${out}\` first`;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    throw new InputError(`${file} not found: ${out} holds no complete build`, again);
+  }
+  let r: BuildRecord;
+  try {
+    r = JSON.parse(text) as BuildRecord;
+  } catch (e) {
+    throw new InputError(`${file} is not valid JSON (${errorMessage(e)})`, again);
+  }
+  if (r.version !== BUILD_RECORD_VERSION) throw new InputError(`${file} is a version ${String(r.version)} build record; this domu reads version ${BUILD_RECORD_VERSION}`, again);
+  return r;
+}
+
+/** An artifact named by the record, which must still be a file in `out`. */
+function artifactPath(out: string, rel: string, what: string): string {
+  const p = resolve(out, rel);
+  let ok = false;
+  try {
+    ok = statSync(p).isFile();
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new InputError(`${what} ${p} (named in ${join(out, BUILD_RECORD)}) is missing`, `run \`domu build --out ${out}\` again`);
+  return p;
+}
+
+export function planVerify(_description: Description, flags: PlanFlags, verify: VerifyFlags): Plan {
+  const out = resolve(flags.outDir ?? 'out');
+  const record = buildRecordFor(out);
+  const image = artifactPath(out, record.image.path, 'the image');
+  if (!record.boot.kernel) {
+    throw new InputError(`the build in ${out} shipped no guest kernel (kernel.ship is off): there is nothing to boot the image with`, 'build with the kernel shipped in boot/, then verify');
+  }
+  const kernel = artifactPath(out, record.boot.kernel.path, 'the guest kernel');
+  const ramdisk = record.boot.ramdisk ? artifactPath(out, record.boot.ramdisk.path, 'the guest ramdisk') : undefined;
+  const guest = record.description.guest;
+  const timeoutS = verify.timeoutS ?? DEFAULT_VERIFY_TIMEOUT_S;
+  return {
+    command: 'verify',
+    description: record.description,
+    state: {},
+    notYetAvailable: [],
+    stages: [
+      {
+        name: 'verify',
+        title: `Boot ${record.image.path} under QEMU and check the guest`,
+        run: async (ctx) => {
+          const st = statSync(image);
+          if (st.ino !== record.imageFile.ino || st.mtimeMs !== record.imageFile.mtimeMs || st.size !== record.imageFile.size) {
+            ctx.log.warn(`${image} changed since the build that wrote ${BUILD_RECORD}: verifying the file as it is now`);
+          }
+          const r = await verifyStage(
+            {
+              image,
+              kernel: { path: kernel, sha256: record.boot.kernel!.sha256 },
+              ramdisk,
+              memoryMiB: guest.memory,
+              rootMode: /(^|\s)rw(\s|$)/.test(guest.root) ? 'rw' : 'ro',
+              applets: record.busybox.applets,
+              release: record.kernel?.release ?? null,
+              modules: record.modules.map((m) => m.name),
+              timeoutS,
+              freshProbe: flags.noCache ?? false,
+            },
+            ctx,
+          );
+          return { cacheHit: false, note: verifyNote(r), outputs: { ...r, buildHash: record.buildHash } };
+        },
+      },
+    ],
+  };
 }
