@@ -124,6 +124,19 @@ function artifactsOf(plan: Plan): Pick<Summary, 'artifacts' | 'upToDate' | 'subs
 export function formatSummary(sum: Summary): string {
   const lines: string[] = [];
   if (sum.artifacts) return formatBuild(sum, lines);
+  const out = (name: string) => sum.stages.find((x) => x.name === name)?.outputs as Record<string, unknown> | undefined;
+  const v = sum.command === 'verify' ? out('verify') : undefined;
+  if (v) {
+    const mods = (v.modules as { name: string; verdict: string }[]).map((m) => `${m.name} ${m.verdict}`).join(', ');
+    const a = v.applets as { found: number; expected: number | null };
+    lines.push(`verified: the guest reached its ready marker in ${(v.secondsToMarker as number).toFixed(1)} s (${String(v.accel)}); ${a.found} applets${a.expected === null ? '' : ` of ${a.expected}`}; modules: ${mods || 'none'}`);
+    lines.push(`  console log ${String(v.consoleLog)}`);
+  }
+  const rel = sum.command === 'release' ? out('release') : undefined;
+  if (rel) {
+    lines.push(`release ${String(rel.dir)} (${String(rel.status)})`);
+    for (const f of rel.files as { name: string; sha256: string }[]) lines.push(`  ${f.name}  sha256 ${f.sha256}`);
+  }
   const b = sum.busybox;
   if (b) {
     lines.push(`busybox ${b.resolvedVersion} (${b.provider}: ${b.origin})`);
