@@ -90,13 +90,16 @@ export async function sourceStage(input: SourceInput, ctx: StageContext): Promis
     if (memo) {
       const sub = await fromCache(ctx, memo.sha256);
       if (sub) {
-        const substitution = {
+        // The substitution as it was decided (same words, same origin), so that a rebuild records
+        // the same provenance; when it was decided goes to the log.
+        const substitution = memo.substitution ?? {
           requested: input.version,
           used: sub.origin.version,
-          reason: `busybox ${input.version} could not be obtained on ${new Date(memo.at).toISOString()} (remembered for 24 h)`,
+          reason: `busybox ${input.version} could not be obtained`,
           from: sub.origin.origin,
         };
-        return done(sub.tarball, memo.sha256, { version: sub.origin.version, provider: 'cache', origin: sub.tarball, substitution }, true);
+        ctx.log.info(`source: substitution for ${input.version} remembered from ${new Date(memo.at).toISOString()} (kept 24 h)`);
+        return done(sub.tarball, memo.sha256, { version: sub.origin.version, provider: 'cache', origin: memo.origin ?? sub.origin.origin, substitution }, true);
       }
     }
   }
@@ -207,7 +210,7 @@ async function fromDistro(input: SourceInput, want: string, ctx: StageContext, d
           await verifySha256(got, sha, `debian:busybox=${chosen.version}`);
           await copyFile(got, dest);
         });
-    if (substitution) await writeMemo(ctx, input.version, sha);
+    if (substitution) await writeMemo(ctx, input.version, { sha256: sha, at: Date.now(), substitution, origin: origin.origin });
     return done(tarball, sha, origin, false);
   } finally {
     await rm(scratch, { recursive: true, force: true });
@@ -290,15 +293,23 @@ async function verifySha256(file: string, sha: string, what: string): Promise<vo
 const MEMO_TTL_MS = 24 * 3600_000;
 const memoPath = (ctx: StageContext, version: string) => join(ctx.cache.root, 'sources', `substitute-${basename(version)}.json`);
 
-async function readMemo(ctx: StageContext, version: string): Promise<{ sha256: string; at: number } | undefined> {
+interface Memo {
+  sha256: string;
+  /** ms since the epoch */
+  at: number;
+  substitution?: SourceOutput['substitution'];
+  origin?: string;
+}
+
+async function readMemo(ctx: StageContext, version: string): Promise<Memo | undefined> {
   try {
-    const m = JSON.parse(await readFile(memoPath(ctx, version), 'utf8')) as { sha256: string; at: number };
+    const m = JSON.parse(await readFile(memoPath(ctx, version), 'utf8')) as Memo;
     return Date.now() - m.at < MEMO_TTL_MS ? m : undefined;
   } catch {
     return undefined;
   }
 }
 
-async function writeMemo(ctx: StageContext, version: string, sha256: string): Promise<void> {
-  await writeFileAtomic(memoPath(ctx, version), JSON.stringify({ sha256, at: Date.now() }));
+async function writeMemo(ctx: StageContext, version: string, memo: Memo): Promise<void> {
+  await writeFileAtomic(memoPath(ctx, version), JSON.stringify(memo));
 }
