@@ -191,10 +191,8 @@ export async function candidateVersion(env: ExecEnv, apt: PrivateApt, pkg: strin
   return v && v !== '(none)' ? v : undefined;
 }
 
-/** The fields of the `apt-cache show pkg=version` stanza (continuation lines joined with \n). */
-export async function showPackage(env: ExecEnv, apt: PrivateApt, pkg: string, version: string): Promise<Record<string, string>> {
-  const r = await run(env, 'apt-cache', [...apt.options, 'show', `${pkg}=${version}`], { quiet: true });
-  const stanza = r.stdout.split(/\n\s*\n/)[0] ?? '';
+/** The fields of one deb822 stanza (continuation lines joined with \n). */
+export function parseStanza(stanza: string): Record<string, string> {
   const fields: Record<string, string> = {};
   let last = '';
   for (const line of stanza.split('\n')) {
@@ -205,6 +203,17 @@ export async function showPackage(env: ExecEnv, apt: PrivateApt, pkg: string, ve
     }
   }
   return fields;
+}
+
+/** Every stanza of `apt-cache show` output, in order. */
+export function parseStanzas(text: string): Record<string, string>[] {
+  return text.split(/\n\s*\n/).map(parseStanza);
+}
+
+/** The fields of the `apt-cache show pkg=version` stanza. */
+export async function showPackage(env: ExecEnv, apt: PrivateApt, pkg: string, version: string): Promise<Record<string, string>> {
+  const r = await run(env, 'apt-cache', [...apt.options, 'show', `${pkg}=${version}`], { quiet: true });
+  return parseStanza(r.stdout.split(/\n\s*\n/)[0] ?? '');
 }
 
 /** The package names of a Depends/Pre-Depends value (first alternative of each, no versions). */

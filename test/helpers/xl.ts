@@ -32,7 +32,7 @@ import { setMaxListeners } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { dependsNames, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/lib/apt.js';
+import { dependsNames, parseStanzas, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/lib/apt.js';
 import { tempPathFor } from '../../src/lib/atomic.js';
 import { DomuError } from '../../src/lib/errors.js';
 import { ExecError, run, type ExecEnv } from '../../src/lib/exec.js';
@@ -120,19 +120,10 @@ async function installedOf(env: ExecEnv, names: string[]): Promise<Set<string>> 
   return new Set(r.stdout.split('\n').filter((l) => /^\S+ ii/.test(l)).map((l) => l.split(' ')[0]!));
 }
 
-/** Parse `apt-cache show` output: the first stanza of each package (continuation lines joined with \n). */
-export function parseStanzas(text: string): Map<string, Record<string, string>> {
+/** Parse `apt-cache show` output: the first stanza of each package (apt.ts parses the stanzas). */
+export function firstStanzas(text: string): Map<string, Record<string, string>> {
   const out = new Map<string, Record<string, string>>();
-  for (const stanza of text.split(/\n\s*\n/)) {
-    const fields: Record<string, string> = {};
-    let last = '';
-    for (const line of stanza.split('\n')) {
-      if (/^\s/.test(line) && last) fields[last] = `${fields[last]}\n${line.trim()}`;
-      else {
-        const m = /^([A-Za-z0-9-]+):\s*(.*)$/.exec(line);
-        if (m) fields[(last = m[1]!)] = m[2]!;
-      }
-    }
+  for (const fields of parseStanzas(text)) {
     if (fields.Package && fields.Version && !out.has(fields.Package)) out.set(fields.Package, fields);
   }
   return out;
@@ -146,7 +137,7 @@ export function parseStanzas(text: string): Map<string, Record<string, string>> 
 async function candidates(env: ExecEnv, apt: PrivateApt, names: string[]): Promise<CandidatePackage[]> {
   if (!names.length) return [];
   const r = await run(env, 'apt-cache', [...apt.options, 'show', '--no-all-versions', ...names], { okExitCodes: [0, 100], quiet: true });
-  return [...parseStanzas(r.stdout).values()].map((f) => ({ package: f.Package!, version: f.Version!, fields: f }));
+  return [...firstStanzas(r.stdout).values()].map((f) => ({ package: f.Package!, version: f.Version!, fields: f }));
 }
 
 const isLibraryPackage = (p: CandidatePackage) => p.fields.Section === 'libs' || /^lib[a-z0-9]/.test(p.package) || /^zlib/.test(p.package);
