@@ -1,9 +1,9 @@
 // The last step of a build: `out/build.json` (buildrecord.ts), written only when everything else
 // succeeded. It also says whether the build changed anything at all ("up to date").
-import { execa } from 'execa';
 import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { sha256File } from '../../lib/hash.js';
+import { programVersion } from '../../lib/prereqs.js';
 import { DOMU_VERSION } from '../../cli/version.js';
 import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../buildrecord.js';
 import type { PipelineStage } from '../run.js';
@@ -14,12 +14,6 @@ import { fileIdentity } from '../uptodate.js';
 async function artifact(out: string, path: string): Promise<ArtifactRecord> {
   const st = await stat(path);
   return { path: relative(out, path), sha256: await sha256File(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
-}
-
-/** The first line a tool prints for its version (stdout or stderr), or '' when it has none. */
-async function toolVersion(file: string, args: string[]): Promise<string> {
-  const r = await execa(file, args, { reject: false, stdin: 'ignore' });
-  return `${r.stdout}\n${r.stderr}`.split('\n').find((l) => l.trim())?.trim() ?? '';
 }
 
 export function recordTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
@@ -55,7 +49,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
           domu: DOMU_VERSION,
           node: process.version,
           cc: state.kconfig!.toolchain.ccVersion,
-          mke2fs: await toolVersion('mke2fs', ['-V']),
+          mke2fs: (await programVersion('mke2fs')) ?? 'unknown',
         },
         image: { path: relative(out, imagePath), sha256: img.sha256, apparentBytes: img.apparentBytes, allocatedBytes: img.allocatedBytes, uuid: img.uuid, populate: img.populate, reproducible: img.reproducible, inodesUsed: img.inodesUsed, files: img.files },
         boot: {
@@ -77,6 +71,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
         !!state.imageUpToDate && (state.ramdiskUpToDate ?? !state.initramfs) && (state.configs?.written ?? 0) === 0 && state.previous?.buildHash === record.buildHash;
       if (!unchanged) await writeBuildRecord(out, record);
       state.record = record;
+      state.upToDate = unchanged;
       const note = unchanged ? `up to date: nothing in ${out} was rewritten` : `build ${record.buildHash.slice(0, 12)} recorded in ${join(out, 'build.json')}`;
       ctx.log.info(note);
       return { cacheHit: unchanged, note, outputs: { buildHash: record.buildHash, upToDate: unchanged, path: join(out, 'build.json') } };
