@@ -1,7 +1,6 @@
 // The run summary: one JSON document under --json, a few plain lines otherwise.
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { sha256 } from '../lib/hash.js';
 import type { Plan } from '../pipeline/plan.js';
 import type { ModuleSet } from '../stages/modules.js';
 import type { StageRecord } from '../pipeline/run.js';
@@ -108,17 +107,18 @@ function artifactsOf(plan: Plan): Pick<Summary, 'artifacts' | 'upToDate' | 'subs
   const out = dirname(plan.state.image!.path);
   const abs = (a: { path: string; apparentBytes: number; allocatedBytes: number; sha256: string }) => ({ ...a, path: join(out, a.path) });
   const artifacts = [r.image, r.boot.kernel, r.boot.ramdisk].flatMap((a) => (a ? [abs(a)] : []));
+  // The config files' hashes come from the stage that wrote them; only their sizes are read here.
+  const hashes = plan.state.configs!.sha256;
   for (const f of r.configs) {
     const p = join(out, f);
     const st = statSync(p);
-    artifacts.push({ path: p, apparentBytes: st.size, allocatedBytes: st.blocks * 512, sha256: sha256(readFileSync(p)) });
+    artifacts.push({ path: p, apparentBytes: st.size, allocatedBytes: st.blocks * 512, sha256: hashes[f]! });
   }
   const substitutions: string[] = [];
   const sub = r.busybox.substitution;
   if (sub) substitutions.push(`busybox ${sub.used} was built instead of the requested ${sub.requested}: ${sub.reason} (from ${sub.from})`);
   if (r.kernel?.origin === 'package') substitutions.push(`the guest kernel ${r.kernel.release} is Debian's package ${r.kernel.package} ${r.kernel.version} (this host has no kernel of its own to use)`);
-  const upToDate = plan.state.record === undefined ? false : plan.state.previous?.buildHash === r.buildHash && !!plan.state.imageUpToDate;
-  return { artifacts, substitutions, upToDate };
+  return { artifacts, substitutions, upToDate: plan.state.upToDate ?? false };
 }
 
 export function formatSummary(sum: Summary): string {

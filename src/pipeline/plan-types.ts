@@ -63,6 +63,8 @@ export interface PlanState {
   imageUpToDate?: boolean;
   ramdiskUpToDate?: boolean;
   record?: BuildRecord;
+  /** The whole build changed nothing in --out (set by the record step). */
+  upToDate?: boolean;
   published?: PublishOutput & { store: string };
 }
 

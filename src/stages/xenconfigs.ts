@@ -14,6 +14,7 @@ import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, re
 import { dirname, join } from 'node:path';
 import Handlebars from 'handlebars';
 import { tempPathFor } from '../lib/atomic.js';
+import { sha256 } from '../lib/hash.js';
 import { DomuError, InputError } from '../lib/errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../lib/genheader.js';
 import { projectPath } from '../lib/paths.js';
@@ -175,6 +176,8 @@ export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOp
 
 export interface XenConfigsOutput {
   files: string[];
+  /** sha256 of each file's content, by path (what is now in --out). */
+  sha256: Record<string, string>;
   written: number;
   unchanged: number;
   /** Generated files of an earlier run that this inventory no longer has (removed from --out). */
@@ -271,5 +274,6 @@ export async function writeConfigs(result: RenderResult, outDir: string, ctx: St
   }
   for (const w of result.warnings) ctx.log.warn(w);
   ctx.log.info(`xen configs: ${result.files.length} files (${written} written, ${unchanged} unchanged${removed.length ? `, ${removed.length} stale removed` : ''}) in ${outDir}`);
-  return { files: result.files.map((f) => f.path), written, unchanged, removed, warnings: result.warnings, domain: result.domain };
+  const hashes = Object.fromEntries(result.files.map((f) => [f.path, sha256(f.content)]));
+  return { files: result.files.map((f) => f.path), sha256: hashes, written, unchanged, removed, warnings: result.warnings, domain: result.domain };
 }
