@@ -9,12 +9,14 @@
 import { createHash } from 'node:crypto';
 import { InputError } from './errors.js';
 
-const UNSAFE = /["'\\#\x00-\x1f\x7f]/;
+/** What no value written into a generated config may contain (the schema checks it at plan time). */
+export const CONFIG_UNSAFE = /["'\\#\x00-\x1f\x7f]/;
 
 /** `value` in double quotes, or an InputError naming `key` when it cannot be written safely. */
 export function quoted(value: string, key: string): string {
-  if (UNSAFE.test(value)) {
-    const bad = UNSAFE.exec(value)![0];
+  const found = CONFIG_UNSAFE.exec(value);
+  if (found) {
+    const bad = found[0];
     const what = bad === '"' || bad === "'" ? 'a quote' : bad === '\\' ? 'a backslash' : bad === '#' ? 'a # (a comment in config files)' : 'a control character';
     throw new InputError(`${key}: ${JSON.stringify(value)} contains ${what}, which cannot be written safely into a Xen or host config`, `remove it from ${key}`);
   }

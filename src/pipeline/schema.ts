@@ -4,6 +4,7 @@
 // what was given; where it was given (file:line:col or flag) is added by description.ts.
 import { z } from 'zod';
 import { formatSize, parseSize } from '../lib/size.js';
+import { CONFIG_UNSAFE } from '../lib/xencfg.js';
 
 const MiB = 2 ** 20;
 const MIN_IMAGE_BYTES = 16 * MiB;
@@ -60,8 +61,7 @@ const matches = (re: RegExp) => (s: string) => re.test(s);
  * either kind, no backslash (an escape in some of those grammars), no `#` (a comment in all of
  * them), no control characters (newline, NUL, …).
  */
-// eslint-disable-next-line no-control-regex
-const safeText = (s: string) => !/["'\\#\x00-\x1f\x7f]/.test(s);
+const safeText = (s: string) => !CONFIG_UNSAFE.test(s);
 const SAFE_NOTE = '(no quotes, backslashes, # or control characters)';
 const isAbsolutePath = (s: string) => s.startsWith('/') && safeText(s);
 const isPath = (s: string) => s.length > 0 && safeText(s);

@@ -8,6 +8,7 @@ import { errorMessage, InputError } from '../../lib/errors.js';
 import { verifyNote, verifyStage } from '../../stages/verify.js';
 import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../buildrecord.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
+import { fileIdentity, sameIdentity } from '../uptodate.js';
 import type { Description } from '../schema.js';
 
 export interface VerifyFlags {
@@ -71,8 +72,7 @@ export function planVerify(_description: Description, flags: PlanFlags, verify: 
         name: 'verify',
         title: `Boot ${record.image.path} under QEMU and check the guest`,
         run: async (ctx) => {
-          const st = statSync(image);
-          if (st.ino !== record.imageFile.ino || st.mtimeMs !== record.imageFile.mtimeMs || st.size !== record.imageFile.size) {
+          if (!sameIdentity(await fileIdentity(image), record.imageFile)) {
             ctx.log.warn(`${image} changed since the build that wrote ${BUILD_RECORD}: verifying the file as it is now`);
           }
           const r = await verifyStage(
