@@ -225,12 +225,20 @@ export function dependsNames(value: string | undefined): string[] {
     .filter(Boolean);
 }
 
-/** `apt-get download pkg=version` into `destDir`; returns the .deb's path. Nothing is installed. */
-export async function downloadPackage(env: ExecEnv, apt: PrivateApt, pkg: string, version: string, destDir: string): Promise<string> {
-  await run(env, 'apt-get', [...apt.options, '-q', 'download', `${pkg}=${version}`], { cwd: destDir, timeoutMs: 900_000 });
-  const found = readdirSync(destDir).find((n) => n.startsWith(`${pkg}_`) && n.endsWith('.deb'));
-  if (!found) throw new DomuError(`apt-get download ${pkg}=${version} gave no .deb in ${destDir}`);
-  return join(destDir, found);
+/**
+ * `apt-get download` of several packages into `destDir` (nothing is installed), in ONE call:
+ * each apt-get process spends ~0.5 s reading the package index before it fetches anything, and
+ * apt fetches the files in parallel itself.
+ * The .deb paths, in the order asked.
+ */
+export async function downloadPackages(env: ExecEnv, apt: PrivateApt, debs: readonly { package: string; version: string }[], destDir: string): Promise<string[]> {
+  await run(env, 'apt-get', [...apt.options, '-q', 'download', ...debs.map((d) => `${d.package}=${d.version}`)], { cwd: destDir, timeoutMs: 900_000 });
+  const names = readdirSync(destDir);
+  return debs.map((d) => {
+    const found = names.find((n) => n.startsWith(`${d.package}_`) && n.endsWith('.deb'));
+    if (!found) throw new DomuError(`apt-get download ${d.package}=${d.version} gave no .deb in ${destDir}`);
+    return join(destDir, found);
+  });
 }
 
 /**

@@ -7,7 +7,7 @@
 import { mkdtemp, open, readdir, readFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageContext } from '../pipeline/context.js';
-import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackage, makePrivateApt, type CandidatePackage, type PrivateApt } from './apt.js';
+import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackages, makePrivateApt, type CandidatePackage, type PrivateApt } from './apt.js';
 import { writeFileAtomic } from './atomic.js';
 import { DomuError, errorMessage } from './errors.js';
 import { run } from './exec.js';
@@ -160,8 +160,7 @@ export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOp
       await mkdir(debDir);
       ctx.log.info(`${opts.label}: downloading ${debs.map((d) => `${d.package} ${d.version}`).join(', ')}`);
       ctx.progress(`downloading ${main.package}`);
-      // At once: each apt-get spends ~0.5 s reading the index before it fetches anything.
-      const files = await settleAll(debs.map((d) => downloadPackage(ctx, apt, d.package, d.version, debDir)));
+      const files = await downloadPackages(ctx, apt, debs, debDir);
       ctx.progress(`unpacking ${main.package}`);
       entry = await ctx.cache.store(
         opts.kind,
