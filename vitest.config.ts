@@ -6,6 +6,6 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 300_000,
     pool: 'forks',
-    reporters: ['default', './test/helpers/plain-summary.ts'],
+    reporters: ['default', './test/helpers/plain-summary.ts', './test/faults/reliability-reporter.ts'],
   },
 });
