@@ -23,7 +23,7 @@ import { isTempName, tempPathFor, TEMP_MARK } from './atomic.js';
 import { dataRanges } from './e2fs.js';
 import { abortError, DomuError, errorMessage, InputError } from './errors.js';
 import { checkHeader } from './genheader.js';
-import { acquireStoreLock, fsyncDir, LOCK_NAME, writeNewFileDurable } from './storelock.js';
+import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath, writeNewFileDurable } from './storelock.js';
 
 export interface PublishInput {
   /** The built store-shaped tree. */
@@ -96,7 +96,7 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
   const started = performance.now();
   const release = await acquireStoreLock(store, { timeoutMs: input.lockTimeoutMs, log: ctx.log, signal: ctx.signal, ...(input.command === undefined ? {} : { command: input.command }) });
   const lockWaitMs = Math.round(performance.now() - started);
-  const dropLock = ctx.cleanup.push(`release the store lock of ${store}`, release);
+  const dropLock = ctx.cleanup.push(`release the store lock of ${store}`, release, { kind: 'lock', path: lockPath(store) });
   const temps = new Temps(ctx);
   try {
     await hooks.afterLock?.();

@@ -6,6 +6,7 @@ import { mkdir, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { renameDirInto, sweepTemps, tempPathFor } from '../lib/atomic.js';
+import { faultPoint } from '../lib/fault.js';
 
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_CACHE_HOME;
@@ -15,7 +16,8 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 const KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 export class Cache {
-  constructor(readonly root: string) {}
+  /** `signal`: the run's abort signal (only the fault injection point waits on it). */
+  constructor(readonly root: string, private readonly signal?: AbortSignal) {}
 
   entryPath(kind: string, key: string): string {
     if (!KEY_RE.test(kind) || !KEY_RE.test(key)) throw new Error(`bad cache address ${kind}/${key}`);
@@ -45,6 +47,7 @@ export class Cache {
     const release = onTemp?.(tmp);
     try {
       await produce(tmp);
+      await faultPoint(`cache:${kind}`, this.signal);
       await renameDirInto(tmp, target);
       return target;
     } catch (e) {

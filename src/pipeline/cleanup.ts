@@ -3,6 +3,7 @@
 import { rm } from 'node:fs/promises';
 import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
+import { activeJournal, type JournalResource } from '../lib/journal.js';
 
 export interface CleanupEntry {
   label: string;
@@ -13,7 +14,8 @@ export class CleanupRegistry {
   private readonly entries: CleanupEntry[] = [];
 
   /** Register an undo action; the returned function drops it (the resource was kept or released normally). */
-  push(label: string, undo: () => Promise<void> | void): () => void {
+  push(label: string, undo: () => Promise<void> | void, resource?: JournalResource): () => void {
+    if (resource) activeJournal()?.record(resource);
     const entry = { label, undo };
     this.entries.push(entry);
     return () => {
@@ -24,7 +26,7 @@ export class CleanupRegistry {
 
   /** Register a path that is removed (recursively) unless released. */
   tempPath(path: string): () => void {
-    return this.push(`remove ${path}`, () => rm(path, { recursive: true, force: true }));
+    return this.push(`remove ${path}`, () => rm(path, { recursive: true, force: true }), { kind: 'path', path });
   }
 
   get size(): number {

@@ -4,7 +4,9 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
 import { abortError, AbortedError, DomuError, errorMessage } from '../lib/errors.js';
+import { faultPoint } from '../lib/fault.js';
 import { RunLog } from '../lib/log.js';
+import { explainStageError } from '../lib/stage-errors.js';
 import { Cache } from './cache.js';
 import { CleanupRegistry } from './cleanup.js';
 import type { StageContext } from './context.js';
@@ -55,7 +57,7 @@ export class Run {
   readonly records: StageRecord[] = [];
 
   constructor(readonly opts: RunOptions) {
-    this.cache = new Cache(opts.cacheDir);
+    this.cache = new Cache(opts.cacheDir, this.controller.signal);
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     this.workDir = join(opts.cacheDir, 'runs', `${stamp}-${opts.command}-${process.pid}`);
     this.runLog = new RunLog({ file: join(this.workDir, 'run.log'), verbose: opts.verbose ?? false });
@@ -108,6 +110,7 @@ export class Run {
           this.records.push(record);
           try {
             if (this.controller.signal.aborted) throw abortError(this.controller.signal);
+            await faultPoint(`stage:${stage.name}`, this.controller.signal);
             const r = await stage.run(ctx);
             record.cacheHit = r.cacheHit;
             record.outputs = r.outputs;
@@ -115,7 +118,7 @@ export class Run {
             task.title = `${stage.title}${r.note ? `: ${r.note}` : ''}${r.cacheHit ? ' (cached)' : ''}`;
           } catch (e) {
             // Whatever a stage threw while the run was being aborted, the cause is the abort.
-            const err = this.controller.signal.aborted ? abortError(this.controller.signal) : e;
+            const err = this.controller.signal.aborted ? abortError(this.controller.signal) : explainStageError(stage.name, e);
             record.status = 'failed';
             record.error = errorMessage(err);
             failure = err;

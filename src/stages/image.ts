@@ -41,6 +41,7 @@ import { run, type ExecEnv } from '../lib/exec.js';
 import { formatSize } from '../lib/size.js';
 import { tempPathFor } from '../lib/atomic.js';
 import type { DeviceSpec } from '../lib/devtable.js';
+import type { JournalResource } from '../lib/journal.js';
 import type { StageContext } from '../pipeline/context.js';
 
 /** A device node to create in the image. */
@@ -111,7 +112,7 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
   const tmp = tempPathFor(output);
   try {
     // The temp file: registered first, then created sparse (nothing written).
-    res.add(`remove ${tmp}`, () => rm(tmp, { force: true }));
+    res.add(`remove ${tmp}`, () => rm(tmp, { force: true }), { kind: 'path', path: tmp });
     const fh = await open(tmp, 'wx', 0o644);
     try {
       await fh.truncate(input.size);
@@ -411,8 +412,8 @@ class Resources {
   constructor(private readonly ctx: StageContext) {}
 
   /** Register an undo action (before the resource exists); returns `done` for a normal release. */
-  add(label: string, undo: () => Promise<void> | void): { undoNow: () => Promise<void> } {
-    const release = this.ctx.cleanup.push(label, undo);
+  add(label: string, undo: () => Promise<void> | void, resource?: JournalResource): { undoNow: () => Promise<void> } {
+    const release = this.ctx.cleanup.push(label, undo, resource);
     const entry = { label, undo, release };
     this.stack.push(entry);
     return {
@@ -474,13 +475,13 @@ async function populateByMount(ctx: StageContext, res: Resources, tmp: string, s
   // Registered before losetup creates it: whatever loop device backs tmp is detached.
   const loop = res.add(`detach loop devices of ${tmp}`, async () => {
     for (const dev of await loopDevicesOf(env, tmp)) await run(env, 'losetup', ['-d', dev]);
-  });
+  }, { kind: 'loop', file: tmp });
   const dev = (await run(ctx, 'losetup', ['--find', '--show', tmp])).stdout.trim();
   if (!dev.startsWith('/dev/')) throw new DomuError(`losetup --find --show ${tmp} printed ${JSON.stringify(dev)}`);
   const mnt = await mkdtemp(join(tmpdir(), 'domu-mnt-'));
   const mountDir = res.add(`remove mount point ${mnt}`, () => rmdir(mnt).catch((e: NodeJS.ErrnoException) => {
     if (e.code !== 'ENOENT') throw e;
-  }));
+  }), { kind: 'path', path: mnt });
   // Registered before mount: unmounted if mounted (lazily when busy).
   const mounted = res.add(`unmount ${mnt}`, async () => {
     if (!(await isMountPoint(mnt))) return;
@@ -489,7 +490,7 @@ async function populateByMount(ctx: StageContext, res: Resources, tmp: string, s
     } catch {
       await run(env, 'umount', ['-l', mnt]);
     }
-  });
+  }, { kind: 'mount', path: mnt });
   await run(ctx, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', dev, mnt]);
   ctx.log.info(`populating ${tmp} (mount)`);
   try {
