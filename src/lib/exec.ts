@@ -1,6 +1,6 @@
 // The one way this project runs programs: execa with an argument array, never a shell.
 // Output is captured line by line into the run log; the child is killed when the run aborts.
-import { constants } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -37,6 +37,18 @@ export interface ExecResult {
   exitCode: number;
   stdout: string;
   stderr: string;
+}
+
+// Children die with us. A run stopped with SIGINT/SIGTERM kills its children itself (cancelSignal),
+// but SIGKILL runs nothing: a `make` or `mke2fs` would go on writing into a temp path that the next
+// run's journal recovery removes. util-linux's setpriv (Essential on Debian) sets the child's
+// parent-death signal (PR_SET_PDEATHSIG, kept across its execve) before it becomes the program, so
+// the kernel kills it when domu dies. Without setpriv the program runs directly.
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+const SETPRIV_MISSING = /^setpriv: failed to execute .*: No such file or directory$/m;
+
+export function dyingWithUs(file: string, args: readonly string[]): [string, string[]] {
+  return SETPRIV ? [SETPRIV, ['--pdeathsig', 'KILL', '--', file, ...args]] : [file, [...args]];
 }
 
 export function commandLine(file: string, args: readonly string[]): string {
@@ -80,12 +92,12 @@ export async function runFedBy(env: ExecEnv, producer: readonly [string, readonl
   } as const;
   let result;
   if (producer) {
-    const feeder = execa(producer[0], [...producer[1]], { stdin: 'ignore', buffer: false, reject: false, cancelSignal: env.signal });
-    result = await feeder.pipe(file, [...args], options);
+    const feeder = execa(...dyingWithUs(producer[0], producer[1]), { stdin: 'ignore', buffer: false, reject: false, cancelSignal: env.signal });
+    result = await feeder.pipe(...dyingWithUs(file, args), options);
     feeder.kill();
     await feeder; // reaped; its SIGPIPE/EPIPE end is expected and ignored
   } else {
-    result = await execa(file, [...args], { ...options, ...(opts.input === undefined ? { stdin: 'ignore' as const } : {}) });
+    result = await execa(...dyingWithUs(file, args), { ...options, ...(opts.input === undefined ? { stdin: 'ignore' as const } : {}) });
   }
   const stdout = typeof result.stdout === 'string' ? result.stdout : '';
   const stderr = typeof result.stderr === 'string' ? result.stderr : '';
@@ -104,7 +116,7 @@ function settle(
 ): ExecResult {
   if (result.isCanceled || env.signal.aborted) throw abortError(env.signal);
   const errno = (result as { code?: string }).code;
-  if (errno === 'ENOENT' && result.exitCode === undefined) {
+  if ((errno === 'ENOENT' && result.exitCode === undefined) || (SETPRIV && result.exitCode === 127 && SETPRIV_MISSING.test(stderr))) {
     throw new DomuError(`program not found: ${file}`, { hint: opts.missingHint ?? 'run `domu doctor` to see what to install' });
   }
   if (result.timedOut) throw new DomuError(`${shown}: timed out after ${opts.timeoutMs} ms`);
@@ -163,7 +175,7 @@ export function spawnStream(env: ExecEnv, file: string, args: readonly string[],
   if (env.signal.aborted) throw abortError(env.signal);
   const shown = commandLine(file, args);
   env.log.debug(`$ ${shown} |${opts.cwd ? `   (in ${opts.cwd})` : ''}`);
-  const sub = execa(file, [...args], {
+  const sub = execa(...dyingWithUs(file, args), {
     ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
     env: opts.env ?? {},
     extendEnv: true,

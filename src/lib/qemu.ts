@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import type { Cache } from '../pipeline/cache.js';
 import type { CleanupRegistry } from '../pipeline/cleanup.js';
 import { abortError, DomuError } from './errors.js';
-import { commandLine, run, which, type ExecEnv } from './exec.js';
+import { commandLine, dyingWithUs, run, which, type ExecEnv } from './exec.js';
 import { hashValue } from './hash.js';
 
 export const QEMU = 'qemu-system-x86_64';
@@ -118,8 +118,7 @@ export class QemuGuest {
     if (env.signal.aborted) throw abortError(env.signal);
     if (!(await which(QEMU))) throw new DomuError(`program not found: ${QEMU}`, { hint: 'install qemu-system-x86 (scripts/setup.sh, or `domu doctor`)' });
     await mkdir(dirname(spec.logFile), { recursive: true });
-    const setpriv = await which('setpriv');
-    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', QEMU, ...qemuArgs(spec)]] : [QEMU, qemuArgs(spec)];
+    const [file, args] = dyingWithUs(QEMU, qemuArgs(spec));
     env.log.debug(`$ ${commandLine(file, args)}`);
     const child = spawnQemu(env, file, args);
     if (child.pid === undefined) {
