@@ -173,7 +173,7 @@ function printError(error: unknown, json: boolean, command: string): number {
 /** Run a plan through the pipeline with signal handling; returns the exit code. */
 async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   const mode = outputMode(o);
-  const run = new Run({ mode, cacheDir: resolve(o.cacheDir ?? defaultCacheDir()), verbose: o.verbose ?? false, command: plan.command });
+  const run = new Run({ mode, cacheDir: resolve(o.cacheDir ?? defaultCacheDir()), verbose: o.verbose ?? false, command: plan.command, lockOut: plan.lockOut });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals += 1;

@@ -1,4 +1,5 @@
-// The publish lock of a shared store: `<store>/.domu-publish.lock`, holding JSON
+// Lock files: the publish lock of a shared store (`<store>/.domu-publish.lock`) and the lock of a
+// run's output directory (`out/.domu.lock`). The publish lock of a shared store holds JSON
 // `{host, pid, started, command}`. Created atomically: the JSON is written and fsynced under a
 // temporary name, then link()ed to the lock name, which fails with EEXIST while someone holds it
 // (so the lock file is never seen half-written, and link() is atomic on every file system the
@@ -40,6 +41,20 @@ export interface StoreLockOptions {
 export function lockPath(store: string): string {
   return join(store, LOCK_NAME);
 }
+
+/** Which lock: its file name in the directory and how messages speak of it. */
+export interface LockKind {
+  file: string;
+  /** "store": "the store lock …", "the store is locked by …". */
+  noun: string;
+  /** What holders do, for "wait for that publish" / "nothing publishes there". */
+  activity: string;
+  activityVerb: string;
+}
+
+export const STORE_LOCK: LockKind = { file: LOCK_NAME, noun: 'store', activity: 'publish', activityVerb: 'publishes' };
+/** The output directory of a run (`out/.domu.lock`): one build, configs, verify or release at a time. */
+export const OUT_LOCK: LockKind = { file: '.domu.lock', noun: 'output directory', activity: 'domu run', activityVerb: 'runs domu' };
 
 /** fsync a directory, so that the names created, renamed or removed in it are on disk. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -158,17 +173,21 @@ async function takeOver(path: string, seen: SeenLock & { holder: LockHolder }, m
   }
 }
 
-function timeoutError(path: string, seen: SeenLock, waitedMs: number): DomuError {
+function formatWait(ms: number): string {
+  return ms >= 3600_000 ? `${(ms / 3600_000).toFixed(ms % 3600_000 ? 1 : 0)} h` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function timeoutError(kind: LockKind, path: string, seen: SeenLock, waitedMs: number): DomuError {
   const after = `gave up after ${(waitedMs / 1000).toFixed(1)} s`;
   const h = seen.holder;
   if (!h) {
-    return new DomuError(`the store lock ${path} is held but is not domu's lock JSON; ${after}; if no publish is running on any host, remove ${path} by hand`);
+    return new DomuError(`the ${kind.noun} lock ${path} is held but is not domu's lock JSON; ${after}; if no ${kind.activity} is running on any host, remove ${path} by hand`);
   }
-  const held = `the store is locked by ${describeHolder(h)}; ${after}`;
+  const held = `the ${kind.noun} is locked by ${describeHolder(h)}; ${after}`;
   if (h.host !== hostname()) {
-    return new DomuError(`${held}; a lock of another host is never broken automatically: wait for that publish, or if ${h.host} is down and nothing publishes there, remove ${path} by hand`);
+    return new DomuError(`${held}; a lock of another host is never broken automatically: wait for that ${kind.activity}, or if ${h.host} is down and nothing ${kind.activityVerb} there, remove ${path} by hand`);
   }
-  return new DomuError(`${held}; that process still runs on this host: wait for it to finish (or stop pid ${h.pid}) and publish again`);
+  return new DomuError(`${held}; that process still runs on this host: wait for it to finish (or stop pid ${h.pid}) and try again`);
 }
 
 /**
@@ -176,7 +195,12 @@ function timeoutError(path: string, seen: SeenLock, waitedMs: number): DomuError
  * release function (idempotent; it removes the lock only while it is still ours).
  */
 export async function acquireStoreLock(store: string, opts: StoreLockOptions): Promise<() => Promise<void>> {
-  const path = lockPath(store);
+  return acquireLock(store, STORE_LOCK, opts);
+}
+
+/** Take the lock `kind` of `dir` (see acquireStoreLock). */
+export async function acquireLock(dir: string, kind: LockKind, opts: StoreLockOptions): Promise<() => Promise<void>> {
+  const path = join(dir, kind.file);
   const me: LockHolder = {
     host: hostname(),
     pid: process.pid,
@@ -193,16 +217,16 @@ export async function acquireStoreLock(store: string, opts: StoreLockOptions): P
     if (!seen) continue; // released between our two calls: try again at once
     if (staleHere(seen.holder)) {
       if (await takeOver(path, { ...seen, holder: seen.holder }, me)) {
-        opts.log.warn(`took over the store lock ${path} from ${describeHolder(seen.holder)}: that process no longer runs on this host (a publish that was killed?)`);
+        opts.log.warn(`took over the ${kind.noun} lock ${path} from ${describeHolder(seen.holder)}: that process no longer runs on this host (a ${kind.activity} that was killed?)`);
         break;
       }
     } else if (!announced) {
       announced = true;
       const who = seen.holder ? describeHolder(seen.holder) : 'an unreadable lock file';
-      opts.log.info(`waiting for the store lock ${path}, held by ${who}; waiting up to ${(opts.timeoutMs / 1000).toFixed(1)} s`);
+      opts.log.info(`waiting for the ${kind.noun} lock ${path}, held by ${who}; waiting up to ${formatWait(opts.timeoutMs)}`);
     }
     const waited = performance.now() - begun;
-    if (waited >= opts.timeoutMs) throw timeoutError(path, seen, waited);
+    if (waited >= opts.timeoutMs) throw timeoutError(kind, path, seen, waited);
     try {
       await sleep(Math.min(delay, opts.timeoutMs - waited), undefined, opts.signal ? { signal: opts.signal } : undefined);
     } catch (e) {
@@ -211,8 +235,8 @@ export async function acquireStoreLock(store: string, opts: StoreLockOptions): P
     }
     delay = Math.min(delay * 1.6, 1000);
   }
-  await fsyncDir(store);
-  opts.log.debug(`store lock ${path} taken after ${Math.round(performance.now() - begun)} ms`);
+  await fsyncDir(dir);
+  opts.log.debug(`${kind.noun} lock ${path} taken after ${Math.round(performance.now() - begun)} ms`);
   let released = false;
   return async () => {
     if (released) return;
@@ -220,9 +244,9 @@ export async function acquireStoreLock(store: string, opts: StoreLockOptions): P
     const seen = await readLock(path);
     if (seen?.holder && sameHolder(seen.holder, me)) {
       await rm(path, { force: true });
-      await fsyncDir(store);
+      await fsyncDir(dir);
     } else {
-      opts.log.warn(`the store lock ${path} is no longer ours (${seen?.holder ? `held by ${describeHolder(seen.holder)}` : 'gone'}); left alone`);
+      opts.log.warn(`the ${kind.noun} lock ${path} is no longer ours (${seen?.holder ? `held by ${describeHolder(seen.holder)}` : 'gone'}); left alone`);
     }
   };
 }

@@ -75,4 +75,10 @@ export interface Plan {
   state: PlanState;
   /** Stages of the designed pipeline that this version does not have yet. */
   notYetAvailable: string[];
+  /**
+   * The output directory this run writes or reads as a whole: the run holds its lock
+   * (`out/.domu.lock`) from start to end, so two runs on one --out take turns.
+   * `create`: the run makes the directory when missing (runs that only read it skip the lock then).
+   */
+  lockOut?: { dir: string; create: boolean };
 }

@@ -29,7 +29,7 @@ export function planConfigs(description: Description, flags: PlanFlags): Plan {
     xenConfigsTask(description, flags, state),
   ];
   if (flags.publish) stages.push(publishTask(description, flags, state, 'configs'));
-  return { command: 'configs', description, state, stages, notYetAvailable: [] };
+  return { command: 'configs', description, state, stages, notYetAvailable: [], ...outLock(flags, true) };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
@@ -95,5 +95,11 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
       ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
     ],
     notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
+    ...outLock(flags, true),
   };
+}
+
+/** The --out lock of a plan (see Plan.lockOut). */
+export function outLock(flags: PlanFlags, create: boolean): Pick<Plan, 'lockOut'> {
+  return flags.outDir === undefined ? {} : { lockOut: { dir: flags.outDir, create } };
 }

@@ -1,10 +1,13 @@
 // Runs a plan's stages as listr2 tasks with one run context: run log, cleanup registry
 // (run innermost-first on failure and on SIGINT/SIGTERM), abort signal and cache.
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
 import { abortError, AbortedError, DomuError, errorMessage } from '../lib/errors.js';
 import { faultPoint } from '../lib/fault.js';
+import { activeJournal, recoverDeadRuns, RunJournal, setActiveJournal } from '../lib/journal.js';
+import { acquireLock, OUT_LOCK } from '../lib/storelock.js';
+import type { Logger } from '../lib/log.js';
 import { RunLog } from '../lib/log.js';
 import { explainStageError } from '../lib/stage-errors.js';
 import { Cache } from './cache.js';
@@ -44,7 +47,12 @@ export interface RunOptions {
   cacheDir: string;
   verbose?: boolean;
   command: string;
+  /** Hold this directory's lock (out/.domu.lock) for the whole run (see Plan.lockOut). */
+  lockOut?: { dir: string; create: boolean } | undefined;
 }
+
+/** Another run on the same --out is waited for this long (a compile can take a while). */
+const OUT_LOCK_WAIT_MS = 6 * 3600_000;
 
 const KEEP_RUN_DIRS = 10;
 
@@ -55,6 +63,7 @@ export class Run {
   readonly workDir: string;
   readonly runLog: RunLog;
   readonly records: StageRecord[] = [];
+  private journal: RunJournal | undefined;
 
   constructor(readonly opts: RunOptions) {
     this.cache = new Cache(opts.cacheDir, this.controller.signal);
@@ -72,11 +81,45 @@ export class Run {
     if (!this.controller.signal.aborted) this.controller.abort(new AbortedError(reason));
   }
 
+  /**
+   * Before any stage: undo what dead runs left (their journals), open this run's journal, take
+   * the --out lock. Lines for the user go straight to stderr (the progress display is not up yet).
+   */
+  private async prepare(log: Logger): Promise<void> {
+    this.runLog.sink = (level, _scope, msg) => {
+      if (level !== 'debug') process.stderr.write(`domu: ${level === 'warn' ? 'warning: ' : ''}${msg}\n`);
+    };
+    try {
+      const env = { log, signal: new AbortController().signal };
+      for (const r of await recoverDeadRuns(this.opts.cacheDir, env)) {
+        const what = `an interrupted run (pid ${r.pid}, domu ${r.command}, started ${r.started})`;
+        if (r.cleaned.length) log.warn(`cleaned up after ${what}: ${r.cleaned.join('; ')}`);
+        for (const f of r.failed) log.warn(`could not clean up after ${what}: ${f} (tried again next run)`);
+      }
+      this.journal = RunJournal.open(this.opts.cacheDir, this.opts.command);
+      setActiveJournal(this.journal);
+      const out = this.opts.lockOut;
+      if (out && (out.create || (await isDirectory(out.dir)))) {
+        await mkdir(out.dir, { recursive: true });
+        const release = await acquireLock(out.dir, OUT_LOCK, { timeoutMs: OUT_LOCK_WAIT_MS, log, signal: this.controller.signal, command: `domu ${this.opts.command}` });
+        this.cleanup.push(`release the lock of ${out.dir}`, release, { kind: 'lock', path: join(out.dir, OUT_LOCK.file) });
+      }
+    } finally {
+      this.runLog.sink = undefined;
+    }
+  }
+
   async execute(stages: PipelineStage[]): Promise<StageRecord[]> {
     await mkdir(this.workDir, { recursive: true });
     const interactive = this.opts.mode === 'tty';
     const log = this.runLog.logger();
     log.debug(`domu ${this.opts.command}: ${stages.map((s) => s.name).join(' → ')}`);
+    try {
+      await this.prepare(log);
+    } catch (e) {
+      if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
+      throw this.controller.signal.aborted ? abortError(this.controller.signal) : e;
+    }
     let failure: unknown;
     // Plain timestamped lines; under --json they go to stderr so that stdout is only the summary.
     const plainOptions = {
@@ -151,7 +194,8 @@ export class Run {
       this.records.push({ name: s.name, status: 'skipped', ms: 0, cacheHit: false, outputs: {} });
     }
     // Undo whatever is still registered (on success too: a stage keeps what it released).
-    await this.cleanup.runAll(log);
+    // When all of it was undone, the journal has nothing left for a later run to do.
+    if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
     if (failure !== undefined) {
       if (this.controller.signal.aborted) failure = abortError(this.controller.signal);
       log.info(`failed: ${errorMessage(failure)}`);
@@ -161,6 +205,7 @@ export class Run {
   }
 
   async close(): Promise<void> {
+    if (activeJournal() === this.journal) setActiveJournal(undefined);
     await this.runLog.close();
     await pruneRuns(join(this.opts.cacheDir, 'runs'), KEEP_RUN_DIRS);
   }
@@ -169,4 +214,8 @@ export class Run {
 async function pruneRuns(dir: string, keep: number): Promise<void> {
   const names = (await readdir(dir).catch(() => [] as string[])).sort();
   for (const n of names.slice(0, Math.max(0, names.length - keep))) await rm(join(dir, n), { recursive: true, force: true });
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  return stat(p).then((s) => s.isDirectory(), () => false);
 }

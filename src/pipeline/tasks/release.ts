@@ -46,5 +46,5 @@ export function planRelease(description: Description, flags: PlanFlags, release:
       return { cacheHit: r.status === 'already there', note, outputs: { ...r } };
     },
   };
-  return { command: 'release', description, state: {}, stages: [check, write], notYetAvailable: [] };
+  return { command: 'release', description, state: {}, stages: [check, write], notYetAvailable: [], lockOut: { dir: out, create: false } };
 }

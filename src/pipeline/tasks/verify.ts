@@ -67,6 +67,7 @@ export function planVerify(_description: Description, flags: PlanFlags, verify: 
     description: record.description,
     state: {},
     notYetAvailable: [],
+    lockOut: { dir: out, create: false },
     stages: [
       {
         name: 'verify',
