@@ -75,7 +75,7 @@ export function emptyConfig(label = '(new)'): KConfig {
  * build's, not the user's) naming `label:line`.
  */
 export function parseConfig(text: string, label: string): KConfig {
-  return parseText(text, label, (m) => new DomuError(m));
+  return parseText(text, label, (m) => new DomuError(m), 'config');
 }
 
 /**
@@ -84,10 +84,59 @@ export function parseConfig(text: string, label: string): KConfig {
  * for the caller to warn about.
  */
 export function parseFragment(text: string, label: string): KConfig {
-  return parseText(text, label, (m) => new InputError(m, 'fragment lines are `CONFIG_X=value`, `# CONFIG_X is not set`, comments or blank'));
+  return parseText(text, label, (m) => new InputError(m, 'fragment lines are `CONFIG_X=value`, `# CONFIG_X is not set`, comments or blank'), 'fragment');
 }
 
-function parseText(text: string, label: string, fail: (msg: string) => Error): KConfig {
+// ---------------------------------------------------------------------------------------------
+// What a value may carry into make and the shell
+//
+// busybox's Makefile includes `.config` as make syntax on every build target, and even `make
+// oldconfig` does (its `.kernelrelease` step): a `$` in any value is expanded by make, so
+// `CONFIG_EXTRA_CFLAGS="$(shell touch /tmp/x)"` runs a command, quotes or not. The values of a few
+// symbols are then pasted, unquoted, into command lines that the shell runs (the compiler and
+// linker lines, `CROSS_COMPILE` read with grep before anything else), so there a `;`, `|`, `&`,
+// redirection, parenthesis or single quote would start a command of its own.
+
+/** String symbols whose text busybox's make puts into shell command lines unquoted. */
+const COMMAND_LINE_SYMBOLS = new Set(['EXTRA_CFLAGS', 'EXTRA_LDFLAGS', 'EXTRA_LDLIBS', 'CROSS_COMPILER_PREFIX', 'SYSROOT', 'PREFIX']);
+const MAKE_EXPANDS = /[$`]/;
+const SHELL_SPECIAL = /[;&|<>()'\x00-\x1f\x7f]/;
+
+/** Why a string value cannot be handed to busybox's make (and what to do), or undefined when it can. */
+function makeUnsafe(symbol: string, value: KValue): { why: string; hint: string } | undefined {
+  if (value.kind !== 'string') return undefined;
+  const m = MAKE_EXPANDS.exec(value.value);
+  if (m) {
+    return {
+      why: `${JSON.stringify(value.value)} contains ${m[0] === '$' ? 'a $' : 'a backquote'}: busybox's Makefile reads .config, so make would expand $(…) and the shell would run \`…\`; refusing it`,
+      hint: 'write the value itself: a kconfig value needs no $ and no backquotes',
+    };
+  }
+  if (COMMAND_LINE_SYMBOLS.has(symbol)) {
+    const s = SHELL_SPECIAL.exec(value.value);
+    if (s) {
+      const what = /[\x00-\x1f\x7f]/.test(s[0]) ? 'a control character' : JSON.stringify(s[0]);
+      return {
+        why: `${JSON.stringify(value.value)} contains ${what}: make puts CONFIG_${symbol} unquoted into shell command lines, where it would start another command; refusing it`,
+        hint: `write CONFIG_${symbol} as plain flags and paths, without ; & | < > ( ) ' or control characters`,
+      };
+    }
+  }
+  return undefined;
+}
+
+/** Symbols a fragment may not set: domu passes their meaning to make itself. */
+function fragmentOnly(symbol: string, value: KValue): { why: string; hint: string } | undefined {
+  if (symbol === 'PREFIX') {
+    return { why: 'domu installs busybox into its own staging directory (make install CONFIG_PREFIX=…); a fragment cannot choose where', hint: 'drop the CONFIG_PREFIX line' };
+  }
+  if (symbol === 'CROSS_COMPILER_PREFIX' && !(value.kind === 'string' && value.value === '')) {
+    return { why: 'the cross compiler is chosen with busybox.cross_compile in the build description (domu passes CROSS_COMPILE to make)', hint: 'drop the line and set busybox.cross_compile' };
+  }
+  return undefined;
+}
+
+function parseText(text: string, label: string, fail: (msg: string) => Error, kind: 'fragment' | 'config'): KConfig {
   const k = emptyConfig(label);
   if (text === '') return k;
   const rawLines = text.split('\n');
@@ -116,6 +165,13 @@ function parseText(text: string, label: string, fail: (msg: string) => Error): K
       const v = parseValue(m[2]!.trim());
       if (typeof v === 'string') throw fail(`${where}: CONFIG_${symbol}: ${v}`);
       value = v;
+      const unsafe = makeUnsafe(symbol, value);
+      if (unsafe) {
+        const msg = `${where}: CONFIG_${symbol}: ${unsafe.why}`;
+        throw kind === 'fragment' ? new InputError(msg, unsafe.hint) : fail(msg);
+      }
+      const own = kind === 'fragment' ? fragmentOnly(symbol, value) : undefined;
+      if (own) throw new InputError(`${where}: CONFIG_${symbol}: ${own.why}`, own.hint);
     }
     const prev = at.get(symbol);
     if (prev !== undefined) {
@@ -211,6 +267,8 @@ function checkValue(symbol: string, value: KValue): void {
   if (value.kind === 'bool' && !['y', 'm', 'n'].includes(value.value)) throw new DomuError(`CONFIG_${symbol}: bool value must be y, m or n`);
   if (value.kind === 'number' && !NUMBER_RE.test(value.value)) throw new DomuError(`CONFIG_${symbol}: not a kconfig number: ${JSON.stringify(value.value)}`);
   if (value.kind === 'string' && /[\n\r]/.test(value.value)) throw new DomuError(`CONFIG_${symbol}: a kconfig string cannot contain a line break`);
+  const unsafe = makeUnsafe(symbol, value);
+  if (unsafe) throw new DomuError(`CONFIG_${symbol}: ${unsafe.why}`, { hint: unsafe.hint });
 }
 
 /** The value of a bare symbol name, undefined when the config does not mention it. */

@@ -2,7 +2,7 @@
 // Every problem is reported with where it was written: `file:line:col: key.path: message` for the
 // file, `flag --set key=value: key.path: message` for a flag. Sync and light (zod + yaml only), so
 // a bad description fails in milliseconds, before anything runs.
-import { readFileSync } from 'node:fs';
+import { readTextLimited, TooLargeError } from '../lib/textfile.js';
 import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
 import { InputError } from '../lib/errors.js';
 import { allowedKeys, DEFAULTS, descriptionSchema, SECTIONS, type Description } from './schema.js';
@@ -148,10 +148,11 @@ function applyOverride(root: Record<string, unknown>, o: Override): Record<strin
 // ---------------------------------------------------------------------------------------------
 // Reading the file
 
+/** Larger than any build description: past this, the file is not one (e.g. --config /dev/zero). */
+const MAX_DESCRIPTION_BYTES = 1 << 20;
+
 function readDescription(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (e) {
+  const fail = (e: unknown): never => {
     const code = (e as NodeJS.ErrnoException).code;
     const why =
       code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a directory' : code === 'EACCES' ? 'permission denied' : (e as Error).message;
@@ -161,6 +162,14 @@ function readDescription(file: string): string {
         ? `pass an existing file with --config FILE (${DOC_HINT})`
         : undefined,
     );
+  };
+  try {
+    return readTextLimited(file, MAX_DESCRIPTION_BYTES);
+  } catch (e) {
+    if (e instanceof TooLargeError) {
+      throw new InputError(`cannot read build description ${file}: it is larger than 1 MiB (or never ends), which no build description is`, `pass the guest.yaml file with --config FILE (${DOC_HINT})`);
+    }
+    return fail(e);
   }
 }
 

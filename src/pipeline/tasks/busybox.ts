@@ -1,5 +1,6 @@
 // Pipeline tasks of the busybox build: source, extract, kconfig, compile (each wraps its stage).
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { readTextLimited, TooLargeError } from '../../lib/textfile.js';
 import { isAbsolute, resolve } from 'node:path';
 import { errorMessage, InputError } from '../../lib/errors.js';
 import { parseConfig, parseFragment, type KConfig } from '../../lib/kconfig.js';
@@ -47,9 +48,11 @@ export function kconfigSource(desc: Description, flags: PlanFlags): KconfigInput
   const path = resolveDataPath(desc.busybox.config ?? desc.busybox.fragment, flags.baseDir, mode === 'config' ? undefined : DEFAULTS.busybox.fragment);
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    // A .config is ~30 KB; past 1 MiB (e.g. /dev/zero) it is not one, and must not hang the run.
+    text = readTextLimited(path, 1 << 20);
   } catch (e) {
-    throw new InputError(`${key}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : errorMessage(e)}`, 'fix the path in the build description (relative paths start at its directory)');
+    const why = e instanceof TooLargeError ? 'larger than 1 MiB (or never ends), which no kconfig file is' : (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : errorMessage(e);
+    throw new InputError(`${key}: cannot read ${path}: ${why}`, 'fix the path in the build description (relative paths start at its directory)');
   }
   const config: KConfig = mode === 'config' ? parseAsInput(() => parseConfig(text, path)) : parseFragment(text, path);
   return { mode, path, config };
