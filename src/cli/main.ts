@@ -170,10 +170,23 @@ function printError(error: unknown, json: boolean, command: string): number {
   return code;
 }
 
+/**
+ * The cache directory. Paths below it reach make's command line (CONFIG_PREFIX=…, the build
+ * directory), where make expands `$(…)` even in a value: only plain path characters are taken.
+ */
+function cacheDirOf(o: CommonOpts): string {
+  const dir = resolve(o.cacheDir ?? defaultCacheDir());
+  if (!/^[A-Za-z0-9._+,@%=:~\/-]+$/.test(dir)) {
+    const from = o.cacheDir !== undefined ? '--cache-dir' : 'the cache directory ($XDG_CACHE_HOME or ~/.cache)';
+    throw new InputError(`${from} ${JSON.stringify(dir)} has characters that make would expand or split (only letters, digits and . _ + , @ % = : ~ / - are taken)`, 'pass --cache-dir with a plain path');
+  }
+  return dir;
+}
+
 /** Run a plan through the pipeline with signal handling; returns the exit code. */
 async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   const mode = outputMode(o);
-  const run = new Run({ mode, cacheDir: resolve(o.cacheDir ?? defaultCacheDir()), verbose: o.verbose ?? false, command: plan.command, lockOut: plan.lockOut });
+  const run = new Run({ mode, cacheDir: cacheDirOf(o), verbose: o.verbose ?? false, command: plan.command, lockOut: plan.lockOut });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals += 1;

@@ -214,7 +214,12 @@ export async function acquireLock(dir: string, kind: LockKind, opts: StoreLockOp
     if (opts.signal?.aborted) throw abortError(opts.signal);
     if (await createExclusive(path, me)) break;
     const seen = await readLock(path);
-    if (!seen) continue; // released between our two calls: try again at once
+    if (!seen) {
+      // Released between our two calls: try again at once (but not forever, if link() keeps
+      // failing with EEXIST while nothing is readable there).
+      if (performance.now() - begun < opts.timeoutMs) continue;
+      throw new DomuError(`cannot take the ${kind.noun} lock ${path}: it exists but cannot be read; remove it by hand if no ${kind.activity} is running`);
+    }
     if (staleHere(seen.holder)) {
       if (await takeOver(path, { ...seen, holder: seen.holder }, me)) {
         opts.log.warn(`took over the ${kind.noun} lock ${path} from ${describeHolder(seen.holder)}: that process no longer runs on this host (a ${kind.activity} that was killed?)`);

@@ -1,6 +1,6 @@
 // Runs a plan's stages as listr2 tasks with one run context: run log, cleanup registry
 // (run innermost-first on failure and on SIGINT/SIGTERM), abort signal and cache.
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
 import { abortError, AbortedError, DomuError, errorMessage } from '../lib/errors.js';
@@ -100,7 +100,9 @@ export class Run {
       setActiveJournal(this.journal);
       const out = this.opts.lockOut;
       if (out && (out.create || (await isDirectory(out.dir)))) {
-        await mkdir(out.dir, { recursive: true });
+        // A directory made only to hold the lock goes again if the run put nothing in it.
+        const made = await mkdir(out.dir, { recursive: true });
+        if (made !== undefined) this.cleanup.push(`remove ${out.dir} if the run left it empty`, () => rmdir(out.dir).catch(() => undefined));
         const release = await acquireLock(out.dir, OUT_LOCK, { timeoutMs: OUT_LOCK_WAIT_MS, log, signal: this.controller.signal, command: `domu ${this.opts.command}` });
         this.cleanup.push(`release the lock of ${out.dir}`, release, { kind: 'lock', path: join(out.dir, OUT_LOCK.file) });
       }
