@@ -151,8 +151,8 @@ export function formatSummary(sum: Summary): string {
     lines.push(`  size    ${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (sparse; populated ${img.populate})`);
     lines.push(`  sha256  ${img.sha256}`);
   }
-  const k = sum.kernel as { release: string; origin: string; image: string; modulesDir: string } | undefined;
-  if (k) lines.push(`kernel ${k.release} (${k.origin}): ${k.image}`);
+  const k = sum.kernel as { release: string; origin: string; image?: string; modulesDir: string } | undefined;
+  if (k) lines.push(`kernel ${k.release} (${k.origin}): ${k.image ?? `modules ${k.modulesDir} (no kernel image beside them)`}`);
   if (sum.modules) lines.push(...formatModules(sum.modules));
   if (sum.boot) {
     lines.push(`boot ${sum.boot.kernel}`);
