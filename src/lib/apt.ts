@@ -2,10 +2,11 @@
 // derived from the system's own Debian entries, private lists and cache directories. The
 // system's apt configuration and state are never modified (facts.md).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { DomuError } from './errors.js';
 import { run, type ExecEnv } from './exec.js';
+import { sha256File } from './hash.js';
 
 export interface AptSourceEntry {
   uris: string[];
@@ -260,4 +261,39 @@ export interface CandidatePackage {
 export async function candidatePackage(env: ExecEnv, apt: PrivateApt, pkg: string): Promise<CandidatePackage | undefined> {
   const version = await candidateVersion(env, apt, pkg);
   return version === undefined ? undefined : { package: pkg, version, fields: await showPackage(env, apt, pkg, version) };
+}
+
+export interface VerifiedDeb {
+  package: string;
+  version: string;
+  /** The .deb's file name as apt-get download wrote it. */
+  file: string;
+  size: number;
+  /** sha256 of the .deb, equal to the SHA256 field of the archive's Packages index. */
+  sha256: string;
+}
+
+/**
+ * Prove downloaded .debs against the SHA256 and Size of the archive's (signed) Packages index,
+ * read with one `apt-cache show` call. Throws on any difference.
+ */
+export async function verifyDebs(env: ExecEnv, apt: PrivateApt, debs: readonly { package: string; version: string }[], files: readonly string[]): Promise<VerifiedDeb[]> {
+  const r = await run(env, 'apt-cache', [...apt.options, 'show', ...debs.map((d) => `${d.package}=${d.version}`)], { quiet: true });
+  const stanzas = parseStanzas(r.stdout).filter((f) => f.Package && f.Version);
+  const out: VerifiedDeb[] = [];
+  for (const [i, d] of debs.entries()) {
+    const file = files[i]!;
+    const index = stanzas.filter((f) => f.Package === d.package && f.Version === d.version && /^[0-9a-f]{64}$/.test(f.SHA256 ?? ''));
+    if (!index.length) throw new DomuError(`${d.package} ${d.version}: the archive's index gives no SHA256 to check ${basename(file)} against`);
+    const actual = await sha256File(file);
+    const size = (await stat(file)).size;
+    // One version may be offered by several archives (index stanzas): the file must be one of them.
+    if (!index.some((f) => f.SHA256 === actual && Number(f.Size) === size)) {
+      throw new DomuError(`${basename(file)}: sha256 ${actual} (${size} bytes) is not the ${d.package} ${d.version} of the archive's index (sha256 ${index[0]!.SHA256}, ${index[0]!.Size} bytes)`, {
+        hint: 'a proxy or mirror delivered other bytes; run again, or check the apt sources',
+      });
+    }
+    out.push({ package: d.package, version: d.version, file: basename(file), size, sha256: actual });
+  }
+  return out;
 }

@@ -4,13 +4,14 @@
 // `kernel-memos/<request>.json` maps the request to that entry for 24 h, so a repeated call
 // within a day runs no apt at all. fetchKernelPackage (image + modules) lives here;
 // fetchKernelHeaders (kbuild.ts) uses the same fetchDebsIntoCache.
-import { mkdtemp, open, readdir, readFile, mkdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageContext } from '../pipeline/context.js';
-import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackages, makePrivateApt, type CandidatePackage, type PrivateApt } from './apt.js';
+import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackages, makePrivateApt, verifyDebs, type CandidatePackage, type PrivateApt } from './apt.js';
 import { writeFileAtomic } from './atomic.js';
 import { DomuError, errorMessage } from './errors.js';
 import { run } from './exec.js';
+import { manifestFileSha256, sha256FileSync } from './manifest.js';
 
 /**
  * The kernel release (e.g. `6.1.0-41-amd64`) from an x86 bzImage's setup header: boot flag
@@ -117,7 +118,15 @@ export interface FetchDebsOptions<T> {
   fixUp?(dir: string, main: Deb): Promise<void>;
   /** The result from an entry; throws when the tree is unusable. Runs before caching and on hits. */
   inspect(dir: string, main: Deb): Promise<T>;
+  /**
+   * On a hit, after the stat fingerprint proved the entry: hash the files a build uses every time
+   * against the manifest (e.g. the kernel image); a problem text makes the entry corrupt.
+   */
+  check?(dir: string): Promise<string | undefined>;
 }
+
+/** Beside the unpacked packages in an entry: which .debs they came from, with the archive's hashes. */
+export const DEBS_RECORD = 'domu-debs.json';
 
 /** Promise.all that waits for every child to end before it throws the first failure. */
 export async function settleAll<T>(work: Promise<T>[]): Promise<T[]> {
@@ -133,7 +142,10 @@ export async function settleAll<T>(work: Promise<T>[]): Promise<T[]> {
  */
 export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOptions<T>): Promise<T> {
   const memo = await readMemo(ctx, opts.request);
-  const memoHit = memo && (await ctx.cache.lookup(opts.kind, memo.key));
+  // Unpacked packages are big (a kernel: ~4000 files, ~400 MB; its headers ~16000 files): proved
+  // by their stat fingerprint (~45 ms and ~90 ms) and hashed in full only when that changed.
+  const lookup = (key: string) => ctx.cache.lookup(opts.kind, key, { log: ctx.log, redo: 'fetching the package again', verify: 'stat', check: opts.check });
+  const memoHit = memo && (await lookup(memo.key));
   if (memo && memoHit) {
     ctx.log.info(`${opts.label}: ${memo.package} ${memo.version} from the cache`);
     return opts.inspect(memoHit, memo);
@@ -154,13 +166,16 @@ export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOp
     const main = debs[0];
     if (!main) throw new Error(`${opts.request}: resolve() returned no package`);
     const key = cacheKey(main);
-    let entry = await ctx.cache.lookup(opts.kind, key);
+    let entry = await lookup(key);
     if (!entry) {
       const debDir = join(scratch, 'deb');
       await mkdir(debDir);
       ctx.log.info(`${opts.label}: downloading ${debs.map((d) => `${d.package} ${d.version}`).join(', ')}`);
       ctx.progress(`downloading ${main.package}`);
       const files = await downloadPackages(ctx, apt, debs, debDir);
+      // apt checked them against the signed index already; proving it here costs ~0.2 s next to
+      // the download, and the manifest is then made from the archive's own bytes.
+      const record = await verifyDebs(ctx, apt, debs, files);
       ctx.progress(`unpacking ${main.package}`);
       entry = await ctx.cache.store(
         opts.kind,
@@ -169,9 +184,11 @@ export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOp
           // One after the other: unpacking is file-creation bound; in parallel it is slower.
           for (const f of files) await run(ctx, 'dpkg-deb', ['-x', f, dir], { timeoutMs: 600_000, quiet: true, missingHint: 'install dpkg' });
           await opts.fixUp?.(dir, main);
+          await writeFile(join(dir, DEBS_RECORD), `${JSON.stringify(record, null, 2)}\n`);
           await opts.inspect(dir, main); // never cache a tree that is not usable
         },
         (tmp) => ctx.cleanup.tempPath(tmp),
+        { log: ctx.log, redo: 'replacing it', verify: 'stat' },
       );
     } else {
       ctx.log.info(`${opts.label}: ${main.package} ${main.version} from the cache`);
@@ -226,5 +243,13 @@ export async function fetchKernelPackage(ctx: StageContext, opts: FetchKernelOpt
       return [{ package: image, version }];
     },
     inspect: (dir, main) => inspect(dir, main.package, main.version),
+    // The image goes into every build (~8 MB, a few ms): hashed on every hit, not only stat-proved.
+    check: async (dir) => {
+      for (const n of (await readdir(join(dir, 'boot')).catch(() => [] as string[])).filter((x) => x.startsWith('vmlinuz-'))) {
+        const want = manifestFileSha256(dir, `boot/${n}`);
+        if (!want || sha256FileSync(join(dir, 'boot', n)) !== want) return `boot/${n}: sha256 differs`;
+      }
+      return undefined;
+    },
   });
 }

@@ -11,10 +11,9 @@
 // The index does not hold dependencies: the closure reads the .modinfo of the modules it visits
 // (it needs their vermagic anyway), which is the authoritative source and costs a few files.
 import { readdirSync, statSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
-import { writeFileAtomic } from './atomic.js';
+import { join, posix } from 'node:path';
 import { DomuError, errorMessage } from './errors.js';
 import type { ExecEnv } from './exec.js';
 import { sha256 } from './hash.js';
@@ -84,15 +83,29 @@ function parseAliasFile(text: string): [string, string][] {
   return out;
 }
 
-/** modules.dep: `<path>: <dep path> …`; we keep the name → path map. */
-function parseDepFile(text: string, file: string): Map<string, string> {
+/**
+ * modules.dep: `<path>: <dep path> …`; we keep the name → path map. Paths are relative to the
+ * modules directory (old depmod wrote them absolute: those inside `dir` are made relative); a path
+ * that leaves the directory is refused, since the module files named here are copied into the guest.
+ */
+function parseDepFile(text: string, file: string, dir: string): Map<string, string> {
   const out = new Map<string, string>();
+  const hint = 'regenerate it with depmod, or remove it so that domu indexes the modules itself';
+  const base = posix.normalize(dir.replace(/\/+$/, ''));
   text.split('\n').forEach((line, i) => {
     if (!line.trim() || line.startsWith('#')) return;
     const colon = line.indexOf(':');
-    if (colon <= 0) throw new DomuError(`${file}:${i + 1}: not a modules.dep line (expected "<module path>: <dependencies>")`, { hint: 'regenerate it with depmod, or remove it so that domu indexes the modules itself' });
-    const path = line.slice(0, colon).trim();
-    out.set(moduleNameOf(path), path);
+    if (colon <= 0) throw new DomuError(`${file}:${i + 1}: not a modules.dep line (expected "<module path>: <dependencies>")`, { hint });
+    let path = line.slice(0, colon).trim();
+    if (path.startsWith('/')) {
+      const abs = posix.normalize(path);
+      if (abs.startsWith(`${base}/`)) path = abs.slice(base.length + 1);
+    }
+    const norm = posix.normalize(path);
+    if (path.includes('\0') || norm.startsWith('/') || norm === '..' || norm.startsWith('../') || !MODULE_FILE_RE.test(norm)) {
+      throw new DomuError(`${file}:${i + 1}: the module path ${JSON.stringify(path)} ${MODULE_FILE_RE.test(norm) ? 'leaves the modules directory' : 'is not a module file (.ko, .ko.gz, .ko.xz or .ko.zst)'}`, { hint });
+    }
+    out.set(moduleNameOf(norm), norm);
   });
   return out;
 }
@@ -160,6 +173,40 @@ export interface IndexOptions {
   progress?: (text: string) => void;
 }
 
+const STORED_INDEX = 'index.json';
+const isPairs = (v: unknown): v is [string, string][] => Array.isArray(v) && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[0] === 'string' && typeof p[1] === 'string');
+
+/**
+ * A scan index from the cache entry `module-index/<fingerprint>`, proved against the entry's
+ * manifest (hashed: ~1.5 MB, ~1 ms) and checked for shape; a corrupt or garbled one is discarded
+ * with a warning and the caller scans the tree again. Never trusted otherwise.
+ */
+async function readStoredIndex(cache: Cache, key: string, env: ExecEnv | undefined): Promise<StoredIndex | undefined> {
+  let stored: StoredIndex | undefined;
+  const hit = await cache.lookup(CACHE_KIND, key, {
+    log: env?.log,
+    redo: 'indexing the modules again',
+    check: async (d) => {
+      let v: Partial<StoredIndex>;
+      try {
+        v = JSON.parse(await readFile(join(d, STORED_INDEX), 'utf8')) as Partial<StoredIndex>;
+      } catch {
+        return `${STORED_INDEX} garbled (not JSON)`;
+      }
+      if (v.version !== MODULE_INDEX_VERSION) return `${STORED_INDEX} is format ${String(v.version)}, not ${MODULE_INDEX_VERSION}`;
+      if (!isPairs(v.paths) || !isPairs(v.aliases)) return `${STORED_INDEX} garbled (bad paths or aliases)`;
+      stored = v as StoredIndex;
+      return undefined;
+    },
+  });
+  return hit ? stored : undefined;
+}
+
+/** Keep a scan index in the cache. Best effort: an unwritable cache only costs the next run a scan. */
+async function writeStoredIndex(cache: Cache, key: string, stored: StoredIndex): Promise<void> {
+  await cache.store(CACHE_KIND, key, (d) => writeFile(join(d, STORED_INDEX), JSON.stringify(stored))).catch(() => {});
+}
+
 /** Build (or read back) the index of a modules directory. */
 export async function indexModules(dir: string, opts: IndexOptions = {}): Promise<ModuleIndex> {
   try {
@@ -173,25 +220,15 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
   const depText = opts.ignoreModulesDep ? undefined : await readOptional(join(dir, 'modules.dep'));
   if (depText !== undefined) {
     const aliasText = (await readOptional(join(dir, 'modules.alias'))) ?? '';
-    return { dir, source: 'modules.dep', paths: parseDepFile(depText, join(dir, 'modules.dep')), aliases: parseAliasFile(aliasText), builtin, builtinAliases };
+    return { dir, source: 'modules.dep', paths: parseDepFile(depText, join(dir, 'modules.dep'), dir), aliases: parseAliasFile(aliasText), builtin, builtinAliases };
   }
 
   const files = listModuleFiles(dir);
   const key = opts.cache ? await fingerprint(dir, files) : undefined;
-  const storedPath = opts.cache && key ? join(opts.cache.entryPath(CACHE_KIND, key), 'index.json') : undefined;
   const memo = key ? memory.get(key) : undefined;
   if (memo) return { ...memo, dir };
-  if (storedPath) {
-    const text = await readOptional(storedPath).catch(() => undefined);
-    if (text) {
-      try {
-        const stored = JSON.parse(text) as StoredIndex;
-        if (stored.version === MODULE_INDEX_VERSION) return remember(key!, { dir, source: 'cached', paths: new Map(stored.paths), aliases: stored.aliases, builtin, builtinAliases });
-      } catch {
-        // A damaged index is rebuilt below.
-      }
-    }
-  }
+  const stored = opts.cache && key ? await readStoredIndex(opts.cache, key, opts.env) : undefined;
+  if (stored) return remember(key!, { dir, source: 'cached', paths: new Map(stored.paths), aliases: stored.aliases, builtin, builtinAliases });
 
   // Plain .ko files are read in-process; compressed ones spawn a decompressor each, so fewer at once.
   const compressed = files.some((f) => !f.path.endsWith('.ko'));
@@ -208,11 +245,7 @@ export async function indexModules(dir: string, opts: IndexOptions = {}): Promis
     if (!paths.has(m.name)) paths.set(m.name, m.path);
     for (const a of m.aliases) aliases.push([a, m.name]);
   }
-  if (storedPath) {
-    const stored: StoredIndex = { version: MODULE_INDEX_VERSION, paths: [...paths], aliases };
-    // Best effort: an unwritable cache only costs the next run a scan.
-    await writeFileAtomic(storedPath, JSON.stringify(stored)).catch(() => {});
-  }
+  if (opts.cache && key) await writeStoredIndex(opts.cache, key, { version: MODULE_INDEX_VERSION, paths: [...paths], aliases });
   const index: ModuleIndex = { dir, source: 'scan', paths, aliases, builtin, builtinAliases };
   return key ? remember(key, index) : index;
 }

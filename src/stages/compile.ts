@@ -1,6 +1,5 @@
 // The compile stage: `make -jN` in a private build directory, then `make install` into a
 // staging tree that becomes a cache entry. The binary must be static (our ELF reader) and run.
-import { existsSync } from 'node:fs';
 import { createWriteStream } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -12,6 +11,7 @@ import { readElfFile, machineName } from '../lib/elf.js';
 import { hashValue } from '../lib/hash.js';
 import type { Toolchain } from '../lib/toolchain.js';
 import type { StageContext } from '../pipeline/context.js';
+import { verifiedTree } from './extract.js';
 
 /** Bump when what this stage produces for the same inputs changes. */
 export const COMPILE_STAGE_VERSION = 1;
@@ -86,9 +86,16 @@ export async function compileStage(input: CompileInput, ctx: StageContext): Prom
   });
 
   if (!input.noCache) {
-    const hit = await ctx.cache.lookup(INSTALLS_KIND, key);
-    if (hit && existsSync(join(hit, 'meta.json'))) {
-      const meta = JSON.parse(await readFile(join(hit, 'meta.json'), 'utf8')) as Meta;
+    // Hashed in full on every lookup: ~2.4 MB and ~400 symlinks, ~10 ms.
+    let meta: Meta | undefined;
+    const hit = await ctx.cache.lookup(INSTALLS_KIND, key, {
+      log: ctx.log,
+      check: async (d) => {
+        meta = await readFile(join(d, 'meta.json'), 'utf8').then((t) => JSON.parse(t) as Meta, () => undefined);
+        return meta && typeof meta.bytes === 'number' && typeof meta.machine === 'string' ? undefined : 'meta.json unreadable';
+      },
+    });
+    if (hit && meta) {
       ctx.log.info(`busybox ${input.version} install tree from the cache (${meta.applets ?? '?'} applets); make not run`);
       // The kconfig stage may have prepared a build directory (its own cache missed): not needed.
       if (input.buildDir) await rm(input.buildDir, { recursive: true, force: true });
@@ -100,7 +107,7 @@ export async function compileStage(input: CompileInput, ctx: StageContext): Prom
   // and the objects are there to inspect), removed when it succeeds.
   const buildDir = input.buildDir ?? join(ctx.workDir, `busybox-${input.version}`);
   if (!input.buildDir) {
-    await copyTree(ctx, input.tree, buildDir);
+    await copyTree(ctx, await verifiedTree(ctx, input.tree), buildDir);
     await writeFile(join(buildDir, '.config'), input.config);
   }
   const logPath = join(buildDir, 'build.log');
@@ -130,6 +137,7 @@ export async function compileStage(input: CompileInput, ctx: StageContext): Prom
       await writeFile(join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
     },
     (tmp) => ctx.cleanup.tempPath(tmp),
+    { log: ctx.log, redo: 'replacing it' },
   );
   await rm(buildDir, { recursive: true, force: true });
   const final = meta ?? (JSON.parse(await readFile(join(entry, 'meta.json'), 'utf8')) as Meta);

@@ -21,6 +21,7 @@ import {
 } from '../lib/kconfig.js';
 import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type ToolchainSpec } from '../lib/toolchain.js';
 import type { StageContext } from '../pipeline/context.js';
+import { verifiedTree } from './extract.js';
 
 /** Bump when what this stage produces for the same inputs changes. */
 export const KCONFIG_STAGE_VERSION = 2;
@@ -126,7 +127,7 @@ export async function kconfigStage(input: KconfigInput, ctx: StageContext): Prom
   for (const a of adjustments) ctx.log.info(`adjustment: CONFIG_${a.symbol}=${a.value} (${a.why})`);
 
   if (!input.noCache) {
-    const hit = await ctx.cache.lookup(KCONFIG_KIND, key);
+    const hit = await ctx.cache.lookup(KCONFIG_KIND, key, { log: ctx.log, redo: 'configuring again' });
     if (hit) {
       ctx.log.info('final .config from the cache; make not run');
       return out(await readFile(join(hit, 'config'), 'utf8'), undefined, true);
@@ -134,7 +135,7 @@ export async function kconfigStage(input: KconfigInput, ctx: StageContext): Prom
   }
 
   const buildDir = join(ctx.workDir, `busybox-${input.version}`);
-  await copyTree(ctx, input.tree, buildDir);
+  await copyTree(ctx, await verifiedTree(ctx, input.tree), buildDir);
   try {
     const dotConfig = join(buildDir, '.config');
     let base = emptyConfig('.config');
@@ -164,7 +165,7 @@ export async function kconfigStage(input: KconfigInput, ctx: StageContext): Prom
     await ctx.cache.store(KCONFIG_KIND, key, async (tmp) => {
       await writeFile(join(tmp, 'config'), finalText);
       await writeFile(join(tmp, 'adjustments.json'), JSON.stringify(adjustments, null, 2));
-    }, (tmp) => ctx.cleanup.tempPath(tmp));
+    }, (tmp) => ctx.cleanup.tempPath(tmp), { log: ctx.log, redo: 'replacing it' });
     return out(finalText, buildDir, false);
   } catch (e) {
     await rm(buildDir, { recursive: true, force: true });

@@ -1,11 +1,13 @@
 // The run context's mechanisms, with real processes and real files: exec, cleanup, cache, Run.
 import { existsSync, readdirSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, stat, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AbortedError, DomuError } from '../../src/lib/errors.js';
 import { run } from '../../src/lib/exec.js';
+import { sha256 } from '../../src/lib/hash.js';
 import { memoryLogger } from '../../src/lib/log.js';
+import { MANIFEST_FILE, verifyByHash, verifyByStat } from '../../src/lib/manifest.js';
 import { Cache, defaultCacheDir } from '../../src/pipeline/cache.js';
 import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
 import { Run } from '../../src/pipeline/run.js';
@@ -91,7 +93,7 @@ describe('cache', () => {
     };
     const [a, b] = await Promise.all([cache.store('k', 'same', produce('a')), cache.store('k', 'same', produce('b'))]);
     expect(a).toBe(b);
-    const files = readdirSync(a);
+    const files = readdirSync(a).filter((f) => !f.startsWith('.')); // not the manifest and fingerprint
     expect(files).toHaveLength(50);
     const owners = new Set(await Promise.all(files.map((f) => readFile(join(a, f), 'utf8'))));
     expect(owners.size).toBe(1); // never a mix of the two
@@ -100,6 +102,114 @@ describe('cache', () => {
 
   it('refuses cache addresses that could escape the cache', () => {
     expect(() => new Cache(dir).entryPath('k', '../x')).toThrow(/bad cache address/);
+  });
+});
+
+describe('cache integrity: manifests', () => {
+  // A small entry: a file, a nested file, an executable, a symlink, an empty directory.
+  const produce = async (tmp: string) => {
+    await mkdir(join(tmp, 'bin'));
+    await mkdir(join(tmp, 'empty'));
+    await writeFile(join(tmp, 'data'), 'hello world\n');
+    await writeFile(join(tmp, 'bin', 'tool'), '#!/bin/sh\necho tool\n', { mode: 0o755 });
+    await symlink('tool', join(tmp, 'bin', 'alias'));
+  };
+
+  /** A cache whose warnings are collected, with one stored entry `k/e`. */
+  async function stored(): Promise<{ cache: Cache; entry: string; warnings: string[] }> {
+    const warnings: string[] = [];
+    const cache = new Cache(dir, undefined, { warn: (m) => warnings.push(m) });
+    const entry = await cache.store('k', 'e', produce);
+    return { cache, entry, warnings };
+  }
+
+  /** After a corrupt lookup: no entry and no leftover (it was renamed aside and removed). */
+  const gone = () => expect(readdirSync(join(dir, 'k'))).toEqual([]);
+
+  it('a stored entry has a manifest of every path; an intact entry is found, with no warning', async () => {
+    const { cache, entry, warnings } = await stored();
+    const m = JSON.parse(await readFile(join(entry, MANIFEST_FILE), 'utf8')) as { entries: { path: string; type: string; sha256?: string; target?: string }[] };
+    expect(m.entries.map((e) => `${e.type} ${e.path}`)).toEqual(['dir bin', 'symlink bin/alias', 'file bin/tool', 'file data', 'dir empty']);
+    expect(m.entries.find((e) => e.path === 'data')?.sha256).toBe(sha256('hello world\n'));
+    expect(m.entries.find((e) => e.path === 'bin/alias')?.target).toBe('tool');
+    expect(await cache.lookup('k', 'e')).toBe(entry);
+    expect(await cache.lookup('k', 'e', { verify: 'stat' })).toBe(entry);
+    expect(warnings).toEqual([]);
+  });
+
+  const cases: [string, (entry: string) => Promise<void>, RegExp][] = [
+    ['a file truncated', (e) => truncate(join(e, 'data'), 3), /data: 3 bytes, was 12 bytes/],
+    ['a file changed in place (same size, same mtime)', (e) => sameSizeEdit(join(e, 'data')), /data: sha256 differs/],
+    ['a file removed', (e) => rm(join(e, 'bin', 'tool')), /bin\/tool: missing/],
+    ['a file added', (e) => writeFile(join(e, 'bin', 'extra'), 'x'), /bin\/extra: not in the manifest/],
+    ['a symlink pointed elsewhere', async (e) => { await rm(join(e, 'bin', 'alias')); await symlink('/bin/sh', join(e, 'bin', 'alias')); }, /bin\/alias: symlink changed/],
+    ['a mode changed', (e) => chmod(join(e, 'bin', 'tool'), 0o644), /bin\/tool: mode 644, was 755/],
+    ['the manifest removed (an entry of an older domu)', (e) => rm(join(e, MANIFEST_FILE)), /no manifest: written by an older version of domu/],
+    ['the manifest garbled', (e) => writeFile(join(e, MANIFEST_FILE), '{"format": "domu-cache-manifest", "vers'), /manifest garbled/],
+  ];
+  for (const verify of ['hash', 'stat'] as const) {
+    for (const [what, corrupt, reason] of cases) {
+      it(`${verify}: ${what} → discarded with a warning naming the entry and the problem`, async () => {
+        const { cache, entry, warnings } = await stored();
+        await corrupt(entry);
+        expect(await cache.lookup('k', 'e', { verify, redo: 'making it again' })).toBeUndefined();
+        expect(warnings).toHaveLength(1);
+        expect(warnings[0]).toMatch(/^cache entry k\/e is corrupt \(.*\); making it again$/);
+        expect(warnings[0]).toMatch(reason);
+        gone();
+        // and it is produced again as on a miss
+        expect(await cache.store('k', 'e', produce)).toBe(entry);
+        expect(await cache.lookup('k', 'e', { verify: 'hash' })).toBe(entry);
+        expect(await readFile(join(entry, 'data'), 'utf8')).toBe('hello world\n');
+      });
+    }
+  }
+
+  it('stat: an unchanged entry is proved by its fingerprint, without reading a byte', async () => {
+    const { entry } = await stored();
+    expect(await verifyByStat(entry)).toEqual({ ok: true, by: 'fingerprint', hashedBytes: 0 });
+    // A copy (new inodes and ctimes) is hashed in full once, then proved by its new fingerprint.
+    const copy = join(dir, 'copy');
+    await run(env(), 'cp', ['-a', entry, copy]);
+    expect(await verifyByStat(copy)).toMatchObject({ ok: true, by: 'hash' });
+    expect(await verifyByStat(copy)).toMatchObject({ ok: true, by: 'fingerprint' });
+  });
+
+  it('deferred: only the manifest must exist (the user of the entry proves it in full)', async () => {
+    const { cache, entry, warnings } = await stored();
+    await sameSizeEdit(join(entry, 'data'));
+    expect(await cache.lookup('k', 'e', { verify: 'deferred' })).toBe(entry);
+    expect(await cache.lookup('k', 'e', { verify: 'hash' })).toBeUndefined();
+    expect(warnings[0]).toMatch(/data: sha256 differs/);
+  });
+
+  it("top-level dot names are the cache's or sidecars: not content, not corruption", async () => {
+    const { cache, entry, warnings } = await stored();
+    await mkdir(join(entry, '.sidecar'));
+    await writeFile(join(entry, '.sidecar', 'x.so'), 'added later by a user of the entry');
+    expect(await cache.lookup('k', 'e', { verify: 'hash' })).toBe(entry);
+    expect(await cache.lookup('k', 'e', { verify: 'stat' })).toBe(entry);
+    expect(warnings).toEqual([]);
+    // A producer may not put content there.
+    await expect(cache.store('k', 'dot', async (tmp) => writeFile(join(tmp, '.hidden'), 'x'))).rejects.toThrow(/reserved for the cache/);
+  });
+
+  it("a caller's check makes an intact entry corrupt too (e.g. a tarball that is not the pinned one)", async () => {
+    const { cache, warnings } = await stored();
+    let told = '';
+    expect(await cache.lookup('k', 'e', { check: async () => 'data: not what the key promises', onCorrupt: (r) => (told = r) })).toBeUndefined();
+    expect(told).toBe('data: not what the key promises');
+    expect(warnings).toEqual(['cache entry k/e is corrupt (data: not what the key promises); rebuilding']);
+    gone();
+  });
+
+  it('storing over a corrupt entry (another producer was first, or --no-cache) replaces it', async () => {
+    const { cache, entry, warnings } = await stored();
+    await sameSizeEdit(join(entry, 'data'));
+    expect(await cache.store('k', 'e', produce)).toBe(entry);
+    expect(warnings[0]).toMatch(/cache entry k\/e is corrupt \(data: sha256 differs\)/);
+    expect(await readFile(join(entry, 'data'), 'utf8')).toBe('hello world\n');
+    expect(await verifyByHash(entry)).toMatchObject({ ok: true });
   });
 });
 
@@ -158,3 +268,19 @@ describe('Run', () => {
     expect(undone).toEqual(['loop']);
   });
 });
+
+/** Change one byte of `path` and put its mtime back (to the nanosecond): only the content (and the ctime) differ. */
+async function sameSizeEdit(path: string): Promise<void> {
+  const before = await stat(path, { bigint: true });
+  const ref = `${path}.ref`;
+  await writeFile(ref, '');
+  await run(env(), 'touch', ['-r', path, ref]);
+  const data = await readFile(path);
+  data[0] = data[0]! ^ 0x20;
+  await writeFile(path, data);
+  await run(env(), 'touch', ['-r', ref, path]);
+  await rm(ref);
+  const after = await stat(path, { bigint: true });
+  expect([after.size, after.mtimeNs]).toEqual([before.size, before.mtimeNs]);
+  expect(after.ctimeNs).not.toBe(before.ctimeNs);
+}

@@ -152,7 +152,7 @@ describe('integrity', () => {
     const again = await sourceStage(input(), ctx);
     expect(again.provider).toBe('upstream');
     expect(await readFile(again.tarball)).toEqual(body);
-    expect(ctx.lines.some((l) => /damaged/.test(l))).toBe(true);
+    expect(ctx.lines.some((l) => /is corrupt/.test(l))).toBe(true);
   });
 
   it('--no-cache fetches again', async () => {
