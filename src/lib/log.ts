@@ -30,13 +30,22 @@ export interface RunLogOptions {
 export class RunLog {
   readonly warnings: { scope: string; message: string }[] = [];
   private stream: WriteStream | undefined;
+  /** Why the log file stopped being written (e.g. ENOSPC), if it did. */
+  fileError: Error | undefined;
   sink: DisplaySink | undefined;
   private readonly verbose: boolean;
 
   constructor(opts: RunLogOptions = {}) {
     if (opts.file) {
       mkdirSync(dirname(opts.file), { recursive: true });
-      this.stream = createWriteStream(opts.file, { flags: 'w' });
+      const stream = createWriteStream(opts.file, { flags: 'w' });
+      // A full disk (ENOSPC) or a vanished directory must not crash the run with an unhandled
+      // 'error' event: the file log stops there, the display goes on, the run reports its own errors.
+      stream.on('error', (e) => {
+        this.fileError = e;
+        if (this.stream === stream) this.stream = undefined;
+      });
+      this.stream = stream;
     }
     this.sink = opts.sink;
     this.verbose = opts.verbose ?? false;
@@ -60,7 +69,7 @@ export class RunLog {
   async close(): Promise<void> {
     const s = this.stream;
     this.stream = undefined;
-    if (s) await new Promise<void>((res) => s.end(res));
+    if (s && !s.destroyed) await new Promise<void>((res) => s.end(res));
   }
 }
 

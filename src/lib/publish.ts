@@ -7,22 +7,26 @@
 //   header hash no longer matches), or a file without our header where we write a generated one,
 //   refuses the whole publish (nothing written) unless `force`, which keeps it as `<file>.bak`;
 // - identical files are left alone (no write, no mtime change);
-// - each file is copied to a temporary name beside its target, fsynced, renamed into place and
-//   its directory fsynced: a crash leaves the complete old or the complete new file, and only
-//   `.tmp-*` names, which the next publish sweeps (under the lock, so they are nobody's);
+// - each file is copied to a temporary name beside its target and fsynced; only when ALL are
+//   copied is each renamed into place and its directory fsynced: a store that fills up during a
+//   copy (the free-space check passed, another writer took the space) leaves the store as it was,
+//   and a crash leaves the complete old or the complete new file, and only `.tmp-*` names, which
+//   the next publish sweeps (under the lock, so they are nobody's);
 // - the image is never truncated or rewritten in place (a running domain may hold it open): the
 //   new one is copied sparse to a temporary name, the current one is kept as `<image>.prev`
 //   (hard link, so `<image>` never disappears), then the new one is renamed over `<image>`;
 // - order: the image, then the other non-generated files (kernel, ramdisk), the generated
 //   configs last, so that a config never names a file that is not there yet.
 import { constants } from 'node:fs';
-import { access, type FileHandle, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, statfs } from 'node:fs/promises';
+import { access, type FileHandle, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import type { StageContext } from '../pipeline/context.js';
 import { isTempName, tempPathFor, TEMP_MARK } from './atomic.js';
 import { dataRanges } from './e2fs.js';
 import { abortError, DomuError, errorMessage, InputError } from './errors.js';
 import { checkHeader } from './genheader.js';
+import { findNoSpace, NoSpaceError, noSpaceError } from './stage-errors.js';
+import { faultPoint } from './fault.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath, writeNewFileDurable } from './storelock.js';
 
 export interface PublishInput {
@@ -105,15 +109,20 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
     refuseEdited(items, store, input.force ?? false);
     await checkSpace(store, items);
     const out: PublishOutput = { written: [], unchanged: items.filter((i) => i.action === 'unchanged').map((i) => i.rel), backups: [], lockWaitMs };
-    for (const item of items.filter((i) => i.action === 'write')) {
+    // All new content goes to temporary names first (a full store fails here, with the store
+    // unchanged); then each is renamed into place, in order (image, other files, configs).
+    const staged = await stageItems(items.filter((i) => i.action === 'write'), store, ctx, temps, hooks);
+    for (const s of staged) {
       if (ctx.signal.aborted) throw abortError(ctx.signal);
-      await writeItem(item, ctx, temps, hooks, out);
+      await commitItem(s.item, s.tmp, ctx, temps, out);
     }
     ctx.log.info(`published to ${store}: ${out.written.length} written, ${out.unchanged.length} unchanged${out.backups.length ? `, ${out.backups.length} kept as .bak` : ''}`);
     return out;
   } catch (e) {
     await temps.removeAll();
-    throw ctx.signal.aborted ? abortError(ctx.signal) : e;
+    if (ctx.signal.aborted) throw abortError(ctx.signal);
+    const full = e instanceof NoSpaceError ? undefined : findNoSpace(e);
+    throw full ? noSpaceError({ code: full.code, dir: store, role: 'store', doing: 'publishing to the store', cause: e }) : e;
   } finally {
     await release().catch((e: unknown) => ctx.log.warn(`could not release the store lock of ${store}: ${errorMessage(e)}; remove ${join(store, LOCK_NAME)} by hand`));
     dropLock();
@@ -123,6 +132,9 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
 // ---------------------------------------------------------------------------------------------
 // The store
 
+/** Directories of the Dom0's own system that are never the shared store. */
+const SYSTEM_DIRS = new Set(['/', '/bin', '/boot', '/dev', '/dev/shm', '/etc', '/lib', '/lib32', '/lib64', '/proc', '/run', '/sbin', '/sys', '/usr', '/var']);
+
 /** The store is a writable directory and (unless allowed otherwise) a mount point; its real path. */
 export async function checkStore(given: string, allowUnmounted: boolean): Promise<string> {
   const path = resolve(given);
@@ -131,6 +143,14 @@ export async function checkStore(given: string, allowUnmounted: boolean): Promis
     throw new InputError(`the store ${path} is not a directory${st ? '' : ' (it does not exist)'}`, 'mount the store there, or set store.path to where it is mounted');
   }
   const real = await realpath(path);
+  // These are mount points (so the check below passes) but never the shared store: publishing
+  // there would put boot/, xen/ and the image into the Dom0's own system (e.g. --store /).
+  if (SYSTEM_DIRS.has(real)) {
+    throw new InputError(
+      `the store ${path}${real === path ? '' : ` (${real})`} is a system directory of this host, not the shared store; nothing was written`,
+      'mount the store at its own directory (store.path, e.g. /scsistore) and publish there',
+    );
+  }
   if (!allowUnmounted && !(await isMountPoint(real))) {
     throw new InputError(
       `the store ${path} is not a mount point: the shared store does not seem to be mounted there, and publishing would write into the directory below it`,
@@ -142,9 +162,21 @@ export async function checkStore(given: string, allowUnmounted: boolean): Promis
     await access(real, constants.W_OK);
     await writeNewFileDurable(probe, 'probe\n');
   } catch (e) {
+    const full = findNoSpace(e); // writable, but full: not the user's mount options
+    if (full) throw noSpaceError({ code: full.code, dir: path, role: 'store', doing: 'checking that the store is writable', note: 'nothing was written', cause: e });
     throw new InputError(`the store ${path} is not writable (${fsReason(e)})`, 'mount it read-write (mount -o remount,rw), or publish as a user who may write there');
   } finally {
     await rm(probe, { force: true }).catch(() => undefined);
+  }
+  // domu's lock is always a regular file (storelock.ts); a symlink there would be followed when
+  // the lock is read (a file outside the store), and a dangling one looks like no lock at all.
+  const lock = lockPath(real);
+  if ((await lstat(lock).catch(() => undefined))?.isSymbolicLink()) {
+    const to = await realpath(lock).catch(() => undefined);
+    throw new InputError(
+      `the store lock ${lock} is a symbolic link (to ${to ?? 'nowhere'}), not domu's lock file; nothing was written`,
+      `if no publish is running on any host, remove ${lock} by hand and publish again`,
+    );
   }
   return real;
 }
@@ -166,12 +198,15 @@ async function isMountPoint(dir: string): Promise<boolean> {
   return info.split('\n').some((line) => octal(line.split(' ')[4] ?? '') === dir);
 }
 
+/** Room for every temporary copy at once (they all exist before the first rename), checked before writing. */
 async function checkSpace(store: string, items: Item[]): Promise<void> {
-  const need = items.filter((i) => i.action === 'write').reduce((n, i) => n + i.allocated, 0);
+  const writes = items.filter((i) => i.action === 'write');
+  // Each file's allocation, plus a block for each file's directory entry and the .prev/.bak links.
+  const need = writes.reduce((n, i) => n + i.allocated + BLOCK, 0);
   const fs = await statfs(store);
   const free = fs.bavail * fs.bsize;
   if (need > free) {
-    throw new DomuError(`the store ${store} has ${mib(free)} free, the files to publish need ${mib(need)}; nothing was written`, { hint: 'free space on the store (old .prev/.bak files?) and publish again' });
+    throw noSpaceError({ dir: store, role: 'store', doing: `publishing ${writes.length} file${writes.length === 1 ? '' : 's'} to the store`, need, note: 'nothing was written' });
   }
 }
 
@@ -222,10 +257,45 @@ async function readSources(outDir: string, store: string, input: PublishInput): 
     items.push(item);
   }
   const rank: Record<Kind, number> = { image: 0, file: 1, generated: 2 };
+  await checkStorePaths(items);
   return items.sort((a, b) => rank[a.kind] - rank[b.kind]);
 }
 
+/**
+ * Every directory between the store and a file to publish must be a real directory of the store,
+ * or not exist yet (it is then created as one): a symlink there (`<store>/xen -> /elsewhere`)
+ * would make the publish write, and the sweep of leftovers delete, outside the store. The file
+ * itself may be a symlink: it is replaced by rename, never written through.
+ */
+async function checkStorePaths(items: Item[]): Promise<void> {
+  const checked = new Set<string>();
+  for (const item of items) {
+    const store = item.dst.slice(0, item.dst.length - item.rel.length - 1);
+    let dir = store;
+    for (const part of item.rel.split(sep).slice(0, -1)) {
+      dir = join(dir, part);
+      if (checked.has(dir)) continue;
+      const st = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return undefined;
+        throw e;
+      });
+      if (!st) break; // made by the publish, as a directory
+      if (st.isSymbolicLink()) {
+        const to = await realpath(dir).catch(() => undefined);
+        const where = to === undefined ? 'a link to nowhere' : to === store || to.startsWith(`${store}${sep}`) ? `a link to ${to}` : `a link to ${to}, outside the store ${store}`;
+        throw new InputError(
+          `the store path ${dir} is ${where}: publish writes only into real directories of the store, never through a symbolic link; nothing was written`,
+          `replace ${dir} by a real directory on the store (or remove the link), then publish again`,
+        );
+      }
+      if (!st.isDirectory()) throw new InputError(`the store path ${dir} is not a directory, but ${item.rel} is to be published under it; nothing was written`, `move ${dir} away and publish again`);
+      checked.add(dir);
+    }
+  }
+}
+
 async function checkAgainstStore(items: Item[], ctx: StageContext): Promise<void> {
+  await checkStorePaths(items); // again, under the lock
   for (const item of items) {
     const st = await lstat(item.dst).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined;
@@ -291,16 +361,44 @@ class Temps {
   }
 }
 
-async function writeItem(item: Item, ctx: StageContext, temps: Temps, hooks: PublishHooks, out: PublishOutput): Promise<void> {
+/**
+ * Copy every item to a temporary name beside its target (registered before it exists). On any
+ * failure (a store that fills up: another writer took the space after the check) every copy and
+ * every directory made here is removed again: the store is as it was.
+ */
+async function stageItems(items: Item[], store: string, ctx: StageContext, temps: Temps, hooks: PublishHooks): Promise<{ item: Item; tmp: string }[]> {
+  const made: string[] = [];
+  const staged: { item: Item; tmp: string }[] = [];
+  try {
+    for (const item of items) {
+      if (ctx.signal.aborted) throw abortError(ctx.signal);
+      made.push(...(await makeDirs(dirname(item.dst))));
+      const tmp = temps.create(item.dst);
+      staged.push({ item, tmp });
+      await copySparse(item, tmp, ctx, hooks);
+    }
+  } catch (e) {
+    await temps.removeAll();
+    for (const d of made.reverse()) await rmdir(d).catch(() => undefined);
+    if (ctx.signal.aborted) throw abortError(ctx.signal);
+    const full = findNoSpace(e);
+    if (full) {
+      const need = items.reduce((n, i) => n + i.allocated, 0);
+      throw noSpaceError({ code: full.code, dir: store, role: 'store', doing: `publishing ${items.length} file${items.length === 1 ? '' : 's'} to the store`, need, note: 'the store is unchanged', cause: e });
+    }
+    throw e;
+  }
+  return staged;
+}
+
+/** Put a staged copy into place: the .bak or .prev link first, then the rename. */
+async function commitItem(item: Item, tmp: string, ctx: StageContext, temps: Temps, out: PublishOutput): Promise<void> {
   const dir = dirname(item.dst);
-  await makeDirs(dir);
   if (item.backup && item.exists) {
     await keepAs(item.dst, `${item.dst}.bak`, temps);
     out.backups.push(`${item.rel}.bak`);
     ctx.log.warn(`${item.rel} on the store was edited or made by hand; kept as ${item.rel}.bak`);
   }
-  const tmp = temps.create(item.dst);
-  await copySparse(item, tmp, ctx, hooks);
   if (item.kind === 'image' && item.exists) {
     await keepAs(item.dst, `${item.dst}.prev`, temps);
     out.previousImage = `${item.rel}.prev`;
@@ -312,14 +410,17 @@ async function writeItem(item: Item, ctx: StageContext, temps: Temps, hooks: Pub
   ctx.log.info(`published ${item.rel}`);
 }
 
-/** mkdir -p, fsyncing the parent of every directory created. */
-async function makeDirs(dir: string): Promise<void> {
+/** mkdir -p, fsyncing the parent of every directory created; returns those created, parents first. */
+async function makeDirs(dir: string): Promise<string[]> {
   const first = await mkdir(dir, { recursive: true });
-  if (first === undefined) return;
+  if (first === undefined) return [];
+  const created: string[] = [];
   for (let d = dir; ; d = dirname(d)) {
+    created.unshift(d);
     await fsyncDir(dirname(d));
     if (d === first) break;
   }
+  return created;
 }
 
 /** `as` becomes a second name of `path`'s current file (replacing an older `as`) atomically. */
@@ -389,6 +490,7 @@ async function copySparse(item: Item, dst: string, ctx: StageContext, hooks: Pub
           done += bytesRead;
           ctx.progress(`${item.rel}: ${mib(done)} / ${mib(total)}`);
           await hooks.afterChunk?.(item.rel, done);
+          await faultPoint(`publish:${item.rel}`, ctx.signal);
           if (ctx.signal.aborted) throw abortError(ctx.signal);
         }
       }

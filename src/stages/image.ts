@@ -19,7 +19,7 @@
 //   time; so it reports `reproducible: false`.
 import { lstat, mkdtemp, open, readdir, readFile, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, posix, resolve } from 'node:path';
+import { basename, dirname, join, posix, relative, resolve } from 'node:path';
 import {
   debugfsSafe,
   defaultJournalBlocks,
@@ -42,6 +42,8 @@ import { formatSize } from '../lib/size.js';
 import { tempPathFor } from '../lib/atomic.js';
 import type { DeviceSpec } from '../lib/devtable.js';
 import type { JournalResource } from '../lib/journal.js';
+import { faultPoint } from '../lib/fault.js';
+import { findNoSpace, fsState, noSpaceError } from '../lib/stage-errors.js';
 import type { StageContext } from '../pipeline/context.js';
 
 /** A device node to create in the image. */
@@ -63,6 +65,27 @@ export interface ImageInput {
   sourceDateEpoch: number;
   /** Hex identifying the tree's content: seeds the UUID and directory hash seed. */
   contentHash: string;
+  /**
+   * Files that must appear beside the image together with it (the kernel and ramdisk in --out):
+   * counted in the free-space check, copied to temporary names once the image is complete and
+   * checked, and renamed into place right after it. A failure before that leaves the previous
+   * image and files untouched.
+   */
+  companions?: ImageCompanions;
+}
+
+export interface ImageCompanions {
+  /** Bytes they take in the output's file system (those already in place count 0). */
+  bytes: number;
+  /** Copy them to temporary names beside their targets; on failure, removes what it copied. */
+  stage(): Promise<StagedFiles>;
+}
+
+export interface StagedFiles {
+  /** Rename the temporary files into place. */
+  commit(): Promise<void>;
+  /** Remove the temporary files (failure, abort). */
+  discard(): Promise<void>;
 }
 
 export interface ImageOutput {
@@ -106,7 +129,8 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
   const common = ['-t', 'ext4', '-I', '256'];
   const need = await checkSize(ctx, input.size, tree, devices.length, mkdirs.length, common);
   const outDir = dirname(output);
-  await checkFreeSpace(outDir, output, need.allocBytes);
+  const extra = input.companions?.bytes ?? 0;
+  const needBytes = await checkFreeSpace(outDir, output, need, extra);
 
   const res = new Resources(ctx);
   const tmp = tempPathFor(output);
@@ -139,10 +163,20 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
     }
 
     if (ctx.signal.aborted) throw abortError(ctx.signal);
+    await faultPoint('image:populated', ctx.signal);
     ctx.log.info(`checking ${tmp} (e2fsck -fn)`);
     const [, header, sha256, st] = await Promise.all([e2fsckCheck(ctx, tmp), dumpe2fsHeader(ctx, tmp), sha256Sparse(ctx, tmp), stat(tmp)]);
     if (ctx.signal.aborted) throw abortError(ctx.signal);
+    let staged: StagedFiles | undefined;
+    if (input.companions) {
+      ctx.log.debug('copying the files that go beside the image to temporary names');
+      staged = await input.companions.stage();
+      const s = staged;
+      res.add('remove the temporary copies of the files beside the image', () => s.discard());
+    }
+    if (ctx.signal.aborted) throw abortError(ctx.signal);
     await rename(tmp, output);
+    await staged?.commit();
     res.releaseAll();
     const out: ImageOutput = {
       path: output,
@@ -158,11 +192,13 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
     ctx.log.info(`image ${output}: ${formatSize(out.apparentBytes)} apparent, ${(out.allocatedBytes / MiB).toFixed(1)} MiB allocated, ${out.inodesUsed} inodes, sha256 ${sha256}`);
     return out;
   } catch (e) {
+    const full = noSpaceIn(e, outDir);
+    const fs = full ? fsState(outDir) : undefined; // as it was full, before the temp files go
     await res.undoAll();
     if (ctx.signal.aborted) throw abortError(ctx.signal);
     if (e instanceof AbortedError) throw e;
-    if (isNoSpace(e)) {
-      throw new DomuError(`no space left on ${outDir} for ${output} (needs about ${Math.ceil(need.allocBytes / MiB)} MiB)`, { cause: e });
+    if (full) {
+      throw noSpaceError({ code: full, dir: outDir, role: 'out', doing: `building the image ${basename(output)}`, need: needBytes, fs, note: (await stat(output).then(() => true, () => false)) ? 'the previous image is untouched' : 'nothing was left behind', cause: e });
     }
     if (isImageFull(e)) throw await tooSmall(ctx, input.size, tree, devices.length, mkdirs.length, common);
     throw e;
@@ -314,6 +350,8 @@ interface Need {
   fsBytes: number;
   /** About what the sparse image takes on disk (data, journal, used metadata). */
   allocBytes: number;
+  /** The journal's part of allocBytes. */
+  journalBytes: number;
 }
 
 /** Whether a layout holds the tree; and the blocks it needs. */
@@ -333,8 +371,9 @@ async function checkSize(ctx: StageContext, size: number, tree: TreeScan, device
   const n = needAt(layout, tree, devices, mkdirs);
   if (!n.fits) throw await tooSmall(ctx, size, tree, devices, mkdirs, mkfsArgs);
   const bs = layout.blockSize;
-  const written = n.dataBlocks + defaultJournalBlocks(layout.blocks) + Math.ceil((n.inodes * 256) / bs);
-  return { fsBytes: n.blocks * bs, allocBytes: written * bs + MiB };
+  const journal = defaultJournalBlocks(layout.blocks);
+  const written = n.dataBlocks + journal + Math.ceil((n.inodes * 256) / bs);
+  return { fsBytes: n.blocks * bs, allocBytes: written * bs + MiB, journalBytes: journal * bs };
 }
 
 /** The "too small" InputError, with the smallest size that holds the tree and a suggestion. */
@@ -375,27 +414,44 @@ function niceSize(n: number): number {
 }
 
 
-/** Fail before writing when the output directory obviously cannot take the image. */
-async function checkFreeSpace(outDir: string, output: string, allocBytes: number): Promise<void> {
-  let free: number;
+/** tmpfs: mke2fs's zeroing of the journal punches holes there instead of allocating (no ZERO_RANGE). */
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * Fail before writing when the output directory obviously cannot take the image (and `extra`
+ * bytes of files that go beside it). Returns the bytes it asked for.
+ */
+async function checkFreeSpace(outDir: string, output: string, need: Need, extra: number): Promise<number> {
+  let s;
   try {
-    const s = await statfs(outDir);
-    free = s.bavail * s.bsize;
+    s = await statfs(outDir);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new DomuError(`output directory ${outDir} does not exist`);
-    return; // unknown: the build will tell
+    return need.allocBytes + extra; // unknown: the build will tell
   }
-  if (free < allocBytes) {
-    throw new DomuError(`no space left on ${outDir} for ${output} (needs about ${Math.ceil(allocBytes / MiB)} MiB)`, {
-      hint: `${Math.floor(free / MiB)} MiB free there; free some space or write the image elsewhere`,
-    });
+  // On ext4, xfs and the like the journal is allocated (unwritten extents); on tmpfs it stays a hole.
+  const bytes = (s.type === TMPFS_MAGIC ? need.allocBytes - need.journalBytes : need.allocBytes) + extra;
+  const free = s.bavail * s.bsize;
+  if (free < bytes) {
+    throw noSpaceError({ dir: outDir, role: 'out', doing: `building the image ${basename(output)}`, need: bytes, note: 'nothing was written' });
   }
+  return bytes;
 }
 
-function isNoSpace(e: unknown): boolean {
-  if ((e as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') return true;
-  const text = `${errorMessage(e)}\n${(e as { stderr?: unknown } | undefined)?.stderr ?? ''}`;
-  return /No space left on device|ENOSPC/.test(text) && !isImageFull(e);
+/**
+ * ENOSPC/EDQUOT of a write into `outDir` (or of a program writing the temp image there); not
+ * when the error names a path elsewhere (e.g. the run journal in a full cache), which the
+ * pipeline's generic translation names instead, and not when the image itself is full.
+ */
+function noSpaceIn(e: unknown, outDir: string): 'ENOSPC' | 'EDQUOT' | undefined {
+  if (isImageFull(e)) return undefined;
+  const f = findNoSpace(e);
+  if (!f) return undefined;
+  if (f.path !== undefined) {
+    const rel = relative(outDir, resolve(f.path));
+    if (rel.startsWith('..') || rel.startsWith('/')) return undefined;
+  }
+  return f.code;
 }
 
 /** The image itself is full (our estimate was short): mke2fs -d / debugfs / cp say so. */
@@ -493,6 +549,7 @@ async function populateByMount(ctx: StageContext, res: Resources, tmp: string, s
   }, { kind: 'mount', path: mnt });
   await run(ctx, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', dev, mnt]);
   ctx.log.info(`populating ${tmp} (mount)`);
+  await faultPoint('image:mounted', ctx.signal);
   try {
     await run(ctx, 'cp', ['-a', '--', `${staging}/.`, `${mnt}/`]);
   } catch (e) {

@@ -16,6 +16,7 @@ import Handlebars from 'handlebars';
 import { tempPathFor } from '../lib/atomic.js';
 import { sha256 } from '../lib/hash.js';
 import { DomuError, InputError } from '../lib/errors.js';
+import { findNoSpace, noSpaceError } from '../lib/stage-errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../lib/genheader.js';
 import { projectPath } from '../lib/paths.js';
 import { derivedMac, derivedUuid, quoted, relocationAllow } from '../lib/xencfg.js';
@@ -230,35 +231,66 @@ function readIfExists(path: string): string | undefined {
 
 /**
  * Write the rendered files into `outDir`, each through a temporary name and a rename; drop our
- * stale ones (generated files of hosts that left the inventory). Synchronous on purpose: tens of
+ * stale ones (generated files of hosts that left the inventory). All or nothing: every changed
+ * file is written to its temporary name first, and only when all are written are they renamed
+ * into place, so a full --out (or any write error) leaves the previous configs as they were (and
+ * no temporary file, and no directory this call made). Synchronous on purpose: tens of
  * thousands of small files for large inventories, where a thread-pool hop per call costs more
- * than the call. No fsync: --out is regenerated at will; publishing to the store fsyncs.
+ * than the call (and no signal handler runs in between). No fsync: --out is regenerated at will;
+ * publishing to the store fsyncs.
  */
 export async function writeConfigs(result: RenderResult, outDir: string, ctx: StageContext): Promise<XenConfigsOutput> {
   let written = 0;
   let unchanged = 0;
   const wanted = new Set(result.files.map((f) => f.path));
   const made = new Set<string>();
-  for (const f of result.files) {
-    const target = join(outDir, f.path);
-    if (readIfExists(target) === f.content) {
-      unchanged++;
-      continue;
-    }
-    const dir = dirname(target);
-    if (!made.has(dir)) {
-      mkdirSync(dir, { recursive: true });
-      made.add(dir);
-    }
-    const tmp = tempPathFor(target);
-    try {
+  /** Directories this call created, parents first. */
+  const created: string[] = [];
+  const pending: { tmp: string; target: string }[] = [];
+  try {
+    for (const f of result.files) {
+      const target = join(outDir, f.path);
+      if (readIfExists(target) === f.content) {
+        unchanged++;
+        continue;
+      }
+      const dir = dirname(target);
+      if (!made.has(dir)) {
+        const first = mkdirSync(dir, { recursive: true });
+        if (first !== undefined) {
+          const chain: string[] = [];
+          for (let d = dir; d !== dirname(first); d = dirname(d)) chain.unshift(d);
+          created.push(...chain);
+        }
+        made.add(dir);
+      }
+      const tmp = tempPathFor(target);
+      pending.push({ tmp, target });
       writeFileSync(tmp, f.content, { mode: 0o644 });
-      renameSync(tmp, target);
-    } catch (e) {
-      rmSync(tmp, { force: true });
-      throw e;
     }
-    written++;
+  } catch (e) {
+    for (const p of pending) rmSync(p.tmp, { force: true });
+    for (const d of created.reverse()) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // not empty: something else is in it
+      }
+    }
+    const full = findNoSpace(e);
+    if (full) {
+      throw noSpaceError({ code: full.code, dir: outDir, role: 'out', doing: 'writing the Xen configs', note: 'the configs there are unchanged', cause: e });
+    }
+    throw e;
+  }
+  try {
+    for (const p of pending) {
+      renameSync(p.tmp, p.target);
+      written++;
+    }
+  } catch (e) {
+    for (const p of pending.slice(written)) rmSync(p.tmp, { force: true });
+    throw e;
   }
   const removed: string[] = [];
   for (const sub of ['xen', 'hosts', 'storage']) {

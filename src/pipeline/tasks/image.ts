@@ -1,5 +1,5 @@
 // Pipeline tasks of the guest disk: rootfs and image, and placing kernel and ramdisk in --out/boot.
-import { existsSync, readFileSync } from 'node:fs';
+import { constants, existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { tempPathFor } from '../../lib/atomic.js';
@@ -7,7 +7,8 @@ import { InputError } from '../../lib/errors.js';
 import { sha256File } from '../../lib/hash.js';
 import { readBuildRecord } from '../buildrecord.js';
 import { currentImage, imageKey } from '../uptodate.js';
-import { imageStage } from '../../stages/image.js';
+import { imageStage, type StagedFiles } from '../../stages/image.js';
+import { notePlaces } from '../../lib/stage-errors.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
 import { parseDeviceTable } from '../../lib/devtable.js';
@@ -65,6 +66,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
 
 export function imageTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
   const output = resolve(flags.outDir ?? 'out', desc.image.file);
+  notePlaces({ outDir: resolve(flags.outDir ?? 'out') }); // a full --out is named as such (lib/stage-errors.ts)
   return {
     name: 'image',
     title: `Build the ext4 image ${desc.image.file}`,
@@ -80,13 +82,27 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
       }
       const r = state.rootfs!;
       await mkdir(dirname(output), { recursive: true });
+      // The kernel and ramdisk go into --out together with the image: counted in its free-space
+      // check, copied beside it before it is renamed into place, renamed right after it.
+      const boot = desc.kernel.ship ? bootFiles(desc, flags, state) : undefined;
+      const files = await prepareFiles(boot?.files ?? []);
       const img = await imageStage(
-        { staging: r.staging, devices: r.devices, output, size: desc.image.size, label: desc.guest.name, populate: desc.image.populate, sourceDateEpoch, contentHash: r.contentHash },
+        {
+          staging: r.staging,
+          devices: r.devices,
+          output,
+          size: desc.image.size,
+          label: desc.guest.name,
+          populate: desc.image.populate,
+          sourceDateEpoch,
+          contentHash: r.contentHash,
+          companions: { bytes: files.bytes, stage: () => stageFiles(ctx, files) },
+        },
         ctx,
       );
       state.image = img;
+      if (boot) state.boot = boot.boot;
       await rm(r.staging, { recursive: true, force: true }); // its content is in the image now
-      if (desc.kernel.ship) state.boot = await placeBoot(desc, flags, state, ctx);
       return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch, boot: state.boot ?? null } };
     },
   };
@@ -97,25 +113,81 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
  * that already has the same content is left alone (same inode and mtime: up to date).
  */
 export async function placeFile(ctx: StageContext, src: string, dest: string, move: boolean): Promise<void> {
-  if (resolve(src) === resolve(dest)) return;
-  const [a, b] = await Promise.all([stat(src), stat(dest).catch(() => undefined)]);
-  if (b && a.size === b.size && (await sha256File(src)) === (await sha256File(dest))) {
-    if (move) await rm(src, { force: true });
-    return;
-  }
-  await mkdir(dirname(dest), { recursive: true });
-  const tmp = tempPathFor(dest);
-  const release = ctx.cleanup.tempPath(tmp); // an interrupted copy leaves no .tmp- file in --out
+  const staged = await stageFiles(ctx, await prepareFiles([{ src, dest, move }]));
   try {
-    if (move) await rename(src, tmp).catch(() => copyFile(src, tmp));
-    else await copyFile(src, tmp);
-    await rename(tmp, dest);
+    await staged.commit();
   } catch (e) {
-    await rm(tmp, { force: true });
+    await staged.discard();
     throw e;
-  } finally {
-    release();
   }
+}
+
+/** A file to put into --out. */
+export interface Placement {
+  src: string;
+  dest: string;
+  /** The source may be moved (it is scratch): renamed when on the same file system. */
+  move: boolean;
+}
+
+export interface PreparedFiles {
+  files: (Placement & { same: boolean })[];
+  /** What the files that differ take on disk (their sources' allocated bytes). */
+  bytes: number;
+}
+
+/** Which files differ from what is at their destination, and the space they need. */
+export async function prepareFiles(list: readonly Placement[]): Promise<PreparedFiles> {
+  const files: PreparedFiles['files'] = [];
+  let bytes = 0;
+  for (const p of list) {
+    if (resolve(p.src) === resolve(p.dest)) continue;
+    const [a, b] = await Promise.all([stat(p.src), stat(p.dest).catch(() => undefined)]);
+    const same = b !== undefined && a.size === b.size && (await sha256File(p.src)) === (await sha256File(p.dest));
+    if (!same) bytes += a.blocks * 512;
+    files.push({ ...p, same });
+  }
+  return { files, bytes };
+}
+
+/**
+ * Copy (or move) every file that differs to a temporary name beside its destination, each
+ * registered with the cleanup registry before it exists. Nothing is at a final path yet: a
+ * failure (a full --out) removes what was copied and leaves every destination as it was.
+ * `commit` renames them all into place (renames need no space); `discard` removes them.
+ */
+export async function stageFiles(ctx: StageContext, prepared: PreparedFiles): Promise<StagedFiles> {
+  const temps: { tmp: string; dest: string; release: () => void }[] = [];
+  const discard = async () => {
+    for (const t of temps.splice(0)) {
+      await rm(t.tmp, { force: true });
+      t.release();
+    }
+  };
+  try {
+    for (const f of prepared.files) {
+      if (f.same) continue;
+      await mkdir(dirname(f.dest), { recursive: true });
+      const tmp = tempPathFor(f.dest);
+      temps.push({ tmp, dest: f.dest, release: ctx.cleanup.tempPath(tmp) }); // no .tmp- file left in --out
+      if (f.move) await rename(f.src, tmp).catch(() => copyFile(f.src, tmp, constants.COPYFILE_EXCL));
+      else await copyFile(f.src, tmp, constants.COPYFILE_EXCL);
+    }
+  } catch (e) {
+    await discard();
+    throw e;
+  }
+  return {
+    commit: async () => {
+      for (const t of [...temps]) {
+        await rename(t.tmp, t.dest);
+        temps.splice(temps.indexOf(t), 1);
+        t.release();
+      }
+      for (const f of prepared.files) if (f.move) await rm(f.src, { force: true });
+    },
+    discard,
+  };
 }
 
 /** SOURCE_DATE_EPOCH of the build: the flag or environment, else the busybox tarball's newest mtime. */
@@ -124,26 +196,41 @@ export async function epochOf(flags: PlanFlags, state: PlanState): Promise<numbe
   return state.sourceDateEpoch;
 }
 
-/**
- * The guest kernel and ramdisk into `<out>/boot/`, after the image succeeded, so that a failed
- * build never leaves a new kernel beside an old image.
- */
-export async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState, ctx: StageContext): Promise<PlanState['boot']> {
+/** The guest kernel and ramdisk for `<out>/boot/` (none without a kernel stage). */
+function bootFiles(desc: Description, flags: PlanFlags, state: PlanState): { boot: PlanState['boot']; files: Placement[] } | undefined {
   const k = state.kernel;
   if (!k) return undefined;
   const boot = resolve(flags.outDir ?? 'out', 'boot');
   const names = bootNames(desc, k.release);
   const kernel = join(boot, names.kernel!);
-  await placeFile(ctx, k.image!, kernel, false); // the build's kernel stage always has an image
+  const files: Placement[] = [{ src: k.image!, dest: kernel, move: false }]; // the build's kernel stage always has an image
   let ramdisk: string | undefined;
   if (state.initramfs) {
     ramdisk = join(boot, names.ramdisk!);
-    await placeFile(ctx, state.initramfs.path, ramdisk, true);
+    files.push({ src: state.initramfs.path, dest: ramdisk, move: true });
   } else if (names.ramdisk) {
     ramdisk = join(boot, names.ramdisk);
-    await placeFile(ctx, resolve(flags.baseDir ?? process.cwd(), desc.kernel.ramdisk), ramdisk, false);
+    files.push({ src: resolve(flags.baseDir ?? process.cwd(), desc.kernel.ramdisk), dest: ramdisk, move: false });
   }
-  return { kernel, ramdisk };
+  return { boot: { kernel, ramdisk }, files };
+}
+
+/**
+ * The guest kernel and ramdisk into `<out>/boot/`, both or neither: copied to temporary names
+ * first, then renamed. In a build that makes a new image they go with it (imageStage's
+ * companions), so that a failed build never leaves a new kernel beside an old image.
+ */
+export async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState, ctx: StageContext): Promise<PlanState['boot']> {
+  const b = bootFiles(desc, flags, state);
+  if (!b) return undefined;
+  const staged = await stageFiles(ctx, await prepareFiles(b.files));
+  try {
+    await staged.commit();
+  } catch (e) {
+    await staged.discard();
+    throw e;
+  }
+  return b.boot;
 }
 
 /** The names of kernel and ramdisk in the store's boot/ (the same in --out and in every config). */
