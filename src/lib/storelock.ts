@@ -11,7 +11,7 @@
 // stale lock cannot both take it. A lock of another host is never broken: we cannot know whether
 // that host is still writing.
 import { hostname } from 'node:os';
-import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { link, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tempPathFor } from './atomic.js';
@@ -50,11 +50,16 @@ export interface LockKind {
   /** What holders do, for "wait for that publish" / "nothing publishes there". */
   activity: string;
   activityVerb: string;
+  /**
+   * Make the directory when it is missing (before every attempt: a run that made --out only for
+   * its lock removes it again when it leaves it empty, while another run waits for the lock).
+   */
+  createDir?: boolean;
 }
 
 export const STORE_LOCK: LockKind = { file: LOCK_NAME, noun: 'store', activity: 'publish', activityVerb: 'publishes' };
 /** The output directory of a run (`out/.domu.lock`): one build, configs, verify or release at a time. */
-export const OUT_LOCK: LockKind = { file: '.domu.lock', noun: 'output directory', activity: 'domu run', activityVerb: 'runs domu' };
+export const OUT_LOCK: LockKind = { file: '.domu.lock', noun: 'output directory', activity: 'domu run', activityVerb: 'runs domu', createDir: true };
 
 /** fsync a directory, so that the names created, renamed or removed in it are on disk. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -212,6 +217,7 @@ export async function acquireLock(dir: string, kind: LockKind, opts: StoreLockOp
   let announced = false;
   for (;;) {
     if (opts.signal?.aborted) throw abortError(opts.signal);
+    if (kind.createDir) await mkdir(dir, { recursive: true });
     if (await createExclusive(path, me)) break;
     const seen = await readLock(path);
     if (!seen) {

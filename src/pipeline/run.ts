@@ -9,7 +9,7 @@ import { activeJournal, recoverDeadRuns, RunJournal, setActiveJournal } from '..
 import { acquireLock, OUT_LOCK } from '../lib/storelock.js';
 import type { Logger } from '../lib/log.js';
 import { RunLog } from '../lib/log.js';
-import { explainStageError } from '../lib/stage-errors.js';
+import { explainStageError, type Places } from '../lib/stage-errors.js';
 import { Cache } from './cache.js';
 import { CleanupRegistry } from './cleanup.js';
 import type { StageContext } from './context.js';
@@ -66,10 +66,16 @@ export class Run {
   private journal: RunJournal | undefined;
 
   constructor(readonly opts: RunOptions) {
-    this.cache = new Cache(opts.cacheDir, this.controller.signal);
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     this.workDir = join(opts.cacheDir, 'runs', `${stamp}-${opts.command}-${process.pid}`);
     this.runLog = new RunLog({ file: join(this.workDir, 'run.log'), verbose: opts.verbose ?? false });
+    // Corrupt cache entries are reported as warnings of the run (stages may name their own logger).
+    this.cache = new Cache(opts.cacheDir, this.controller.signal, this.runLog.logger('cache'));
+  }
+
+  /** Where this run writes, for naming a full file system (lib/stage-errors.ts). */
+  private get places(): Places {
+    return { cacheDir: this.opts.cacheDir, outDir: this.opts.lockOut?.dir };
   }
 
   get logFile(): string {
@@ -120,7 +126,7 @@ export class Run {
       await this.prepare(log);
     } catch (e) {
       if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
-      throw this.controller.signal.aborted ? abortError(this.controller.signal) : e;
+      throw this.controller.signal.aborted ? abortError(this.controller.signal) : explainStageError('prepare', e, this.places);
     }
     let failure: unknown;
     // Plain timestamped lines; under --json they go to stderr so that stdout is only the summary.
@@ -163,7 +169,7 @@ export class Run {
             task.title = `${stage.title}${r.note ? `: ${r.note}` : ''}${r.cacheHit ? ' (cached)' : ''}`;
           } catch (e) {
             // Whatever a stage threw while the run was being aborted, the cause is the abort.
-            const err = this.controller.signal.aborted ? abortError(this.controller.signal) : explainStageError(stage.name, e);
+            const err = this.controller.signal.aborted ? abortError(this.controller.signal) : explainStageError(stage.name, e, this.places);
             record.status = 'failed';
             record.error = errorMessage(err);
             failure = err;

@@ -1,6 +1,7 @@
 // The source stage: obtain the busybox release tarball and prove its sha256.
 // Providers, in order: cache → --source PATH|URL → upstream and mirrors → the distribution's
 // source archive (apt, private configuration) when the description allows the fallback.
+import { findNoSpace } from '../lib/stage-errors.js';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { aptUpdate, downloadOrigTarball, makePrivateApt, showSource, type SourceVersion } from '../lib/apt.js';
@@ -8,6 +9,7 @@ import { tempPathFor, writeFileAtomic } from '../lib/atomic.js';
 import { download } from '../lib/download.js';
 import { AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
 import { sha256File } from '../lib/hash.js';
+import { manifestFileSha256 } from '../lib/manifest.js';
 import { compareVersions, knownReleases, RELEASES_FILE, tarballName } from '../lib/releases.js';
 import type { StageContext } from '../pipeline/context.js';
 
@@ -82,9 +84,9 @@ export async function sourceStage(input: SourceInput, ctx: StageContext): Promis
   };
 
   // 1. cache (the requested version, then a remembered substitution when one is allowed)
-  const hit = input.noCache ? undefined : await fromCache(ctx, want);
+  const hit = input.noCache ? undefined : await fromCache(ctx, want, attempts);
   if (hit) return done(hit.tarball, want, { version: hit.origin.version, provider: 'cache', origin: hit.origin.origin }, true);
-  attempts.push({ provider: 'cache', origin: ctx.cache.entryPath('sources', want), error: 'not cached' });
+  if (!attempts.length) attempts.push({ provider: 'cache', origin: ctx.cache.entryPath('sources', want), error: 'not cached' });
   if (input.fallback === 'distro' && !input.strictVersion && !input.noCache) {
     const memo = await readMemo(ctx, input.version);
     if (memo) {
@@ -111,6 +113,8 @@ export async function sourceStage(input: SourceInput, ctx: StageContext): Promis
       if (e instanceof AbortedError || ctx.signal.aborted) throw e;
       // A hash mismatch is an integrity problem: stop, never fall through to another provider.
       if (e instanceof DomuError && /sha256 mismatch/.test(e.message)) throw e;
+      // A full cache is not a provider's failure: the next provider would fill it too (apt-get hung).
+      if (findNoSpace(e)) throw e;
       if (e instanceof InputError) throw e;
       attempts.push({ provider, origin, error: errorMessage(e).split('\n')[0]! });
       ctx.log.info(`${provider} ${origin}: ${errorMessage(e).split('\n')[0]}`);
@@ -220,20 +224,35 @@ async function fromDistro(input: SourceInput, want: string, ctx: StageContext, d
 
 // ---- cache layout: sources/<sha256>/{busybox-<version>.tar.bz2, origin.json} ----
 
-async function fromCache(ctx: StageContext, sha: string): Promise<{ tarball: string; origin: Origin } | undefined> {
-  const dir = await ctx.cache.lookup('sources', sha);
-  if (!dir) return undefined;
-  try {
-    const origin = JSON.parse(await readFile(join(dir, 'origin.json'), 'utf8')) as Origin;
-    const tarball = join(dir, tarballName(origin.version));
-    // Re-hash: the cache is on a disk, and 2.5 MB cost milliseconds.
-    if ((await sha256File(tarball)) === sha) return { tarball, origin };
-    ctx.log.warn(`cache entry ${dir} is damaged (sha256 differs); removing it and fetching again`);
-  } catch {
-    ctx.log.warn(`cache entry ${dir} is incomplete; removing it`);
-  }
-  await ctx.cache.remove('sources', sha);
-  return undefined;
+/**
+ * The cached tarball of `sha`, proved: the entry against its manifest, and the tarball against
+ * the pinned sha256 (the entry's name). A corrupt entry is discarded with a warning, and its
+ * problem is noted in `attempts` so that a run that then finds no provider says what happened.
+ */
+async function fromCache(ctx: StageContext, sha: string, attempts?: SourceOutput['attempts']): Promise<{ tarball: string; origin: Origin } | undefined> {
+  let found: { tarball: string; origin: Origin } | undefined;
+  const dir = await ctx.cache.lookup('sources', sha, {
+    log: ctx.log,
+    redo: 'fetching the tarball again',
+    onCorrupt: (reason) => attempts?.push({ provider: 'cache', origin: ctx.cache.entryPath('sources', sha), error: `corrupt (${reason}); discarded` }),
+    // The lookup hashed every file against the manifest; the manifest's hash of the tarball must
+    // then be the pinned one.
+    check: async (d) => {
+      let origin: Origin;
+      try {
+        origin = JSON.parse(await readFile(join(d, 'origin.json'), 'utf8')) as Origin;
+        if (typeof origin.version !== 'string' || typeof origin.provider !== 'string' || typeof origin.origin !== 'string') throw new Error('bad origin.json');
+      } catch {
+        return 'origin.json unreadable';
+      }
+      const tarball = join(d, tarballName(origin.version));
+      const actual = manifestFileSha256(d, tarballName(origin.version)) ?? 'missing';
+      if (actual !== sha) return `${tarballName(origin.version)}: sha256 ${actual}, not the pinned ${sha}`;
+      found = { tarball, origin };
+      return undefined;
+    },
+  });
+  return dir ? found : undefined;
 }
 
 async function storeEntry(ctx: StageContext, sha: string, version: string, origin: Origin, fill: (dest: string) => Promise<void>): Promise<string> {
@@ -246,6 +265,7 @@ async function storeEntry(ctx: StageContext, sha: string, version: string, origi
       await writeFile(join(tmp, 'origin.json'), JSON.stringify(record, null, 2));
     },
     (tmp) => ctx.cleanup.tempPath(tmp),
+    { log: ctx.log, redo: 'replacing it' },
   );
   return join(dir, tarballName(version));
 }
@@ -282,7 +302,9 @@ async function verifySha256(file: string, sha: string, what: string): Promise<vo
   const actual = await sha256File(file);
   if (actual !== sha) {
     await rm(file, { force: true });
-    throw new DomuError(`sha256 mismatch for ${what}: expected ${sha}, got ${actual}; the file was deleted`, {
+    // `what` is the user's file (--source) or the download; only our copy in the cache is deleted.
+    const fate = what === file ? 'the file was deleted' : 'nothing of it was kept in the cache';
+    throw new DomuError(`sha256 mismatch for ${what}: expected ${sha}, got ${actual}; ${fate}`, {
       hint: 'the file is not the pinned release: check the source, or pass --sha256 for an unlisted version',
     });
   }
