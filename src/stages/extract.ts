@@ -4,7 +4,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { newestMtime } from '../lib/epoch.js';
-import { DomuError, InputError } from '../lib/errors.js';
+import { AbortedError, DomuError, InputError } from '../lib/errors.js';
 import { sha256File, SHA256_RE } from '../lib/hash.js';
 import { manifestFileSha256, manifestNewestMtime } from '../lib/manifest.js';
 import { safeExtract, type Decompressor } from '../lib/tar.js';
@@ -23,6 +23,11 @@ export interface ExtractInput {
   pureJs?: boolean;
   /** --no-cache: extract again even when the tree is cached. */
   noCache?: boolean;
+  /**
+   * Where the tarball came from (a path or URL), named in errors instead of the cache copy's
+   * name; `userGiven` (--source): a refused archive is then bad input (exit 2), not a failure.
+   */
+  origin?: { label: string; userGiven: boolean };
 }
 
 export interface ExtractOutput {
@@ -72,7 +77,8 @@ export async function extractStage(input: ExtractInput, ctx: StageContext): Prom
     ctx.progress(`${(bytes / 1048576).toFixed(1)} MiB extracted`);
   };
   let result: Awaited<ReturnType<typeof safeExtract>> | undefined;
-  const entry = await ctx.cache.store(
+  const entry = await ctx.cache
+    .store(
     TREES_KIND,
     key,
     async (dir) => {
@@ -86,7 +92,10 @@ export async function extractStage(input: ExtractInput, ctx: StageContext): Prom
     },
     (tmp) => ctx.cleanup.tempPath(tmp),
     { log: ctx.log, redo: 'replacing it' },
-  );
+    )
+    .catch((e: unknown) => {
+      throw relabel(e, name, input.origin);
+    });
   const r = result!;
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   ctx.log.info(
@@ -94,6 +103,13 @@ export async function extractStage(input: ExtractInput, ctx: StageContext): Prom
       `${r.files} files, ${r.dirs} directories, ${r.symlinks} symlinks, ${r.hardlinks} hardlinks, ${(r.bytes / 1048576).toFixed(1)} MiB in ${secs} s`,
   );
   return { tree: join(entry, 'src'), cacheHit: false, decompressor: r.decompressor, files: r.files };
+}
+
+/** An archive's refusal, naming the file the user knows (and as bad input when they gave it). */
+function relabel(e: unknown, name: string, origin: ExtractInput['origin']): unknown {
+  if (!origin || !(e instanceof DomuError) || e instanceof AbortedError || !e.message.startsWith(`${name}: `)) return e;
+  const message = `${origin.label}: ${e.message.slice(name.length + 2)}`;
+  return origin.userGiven ? new InputError(message, e.hint ?? 'give a busybox release tarball') : new DomuError(message, { ...(e.hint ? { hint: e.hint } : {}), cause: e });
 }
 
 /**

@@ -98,7 +98,8 @@ export function extractTask(flags: PlanFlags, state: PlanState): PipelineStage {
     title: 'Extract the source tree',
     run: async (ctx) => {
       const src = state.source!;
-      const x = await extractStage({ tarball: src.tarball, sha256: src.sha256, pureJs: flags.pureJs ?? false, noCache: flags.noCache ?? false }, ctx);
+      const origin = { label: src.origin, userGiven: src.provider === 'local' || src.provider === 'url' };
+      const x = await extractStage({ tarball: src.tarball, sha256: src.sha256, pureJs: flags.pureJs ?? false, noCache: flags.noCache ?? false, origin }, ctx);
       state.extract = x;
       return { cacheHit: x.cacheHit, note: x.tree, outputs: { ...x } };
     },
