@@ -5,6 +5,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { newestMtime } from '../lib/epoch.js';
 import { AbortedError, DomuError, InputError } from '../lib/errors.js';
+import { findNoSpace } from '../lib/stage-errors.js';
 import { sha256File, SHA256_RE } from '../lib/hash.js';
 import { manifestFileSha256, manifestNewestMtime } from '../lib/manifest.js';
 import { safeExtract, type Decompressor } from '../lib/tar.js';
@@ -108,6 +109,7 @@ export async function extractStage(input: ExtractInput, ctx: StageContext): Prom
 /** An archive's refusal, naming the file the user knows (and as bad input when they gave it). */
 function relabel(e: unknown, name: string, origin: ExtractInput['origin']): unknown {
   if (!origin || !(e instanceof DomuError) || e instanceof AbortedError || !e.message.startsWith(`${name}: `)) return e;
+  if (findNoSpace(e)) return e; // a full cache is not the archive's fault (and stage-errors names the place)
   const message = `${origin.label}: ${e.message.slice(name.length + 2)}`;
   return origin.userGiven ? new InputError(message, e.hint ?? 'give a busybox release tarball') : new DomuError(message, { ...(e.hint ? { hint: e.hint } : {}), cause: e });
 }
