@@ -143,6 +143,7 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
     } finally {
       await fh.close();
     }
+    await faultPoint('image:created', ctx.signal);
     ctx.log.info(`image ${formatSize(input.size)} (sparse), uuid ${uuid}, ${tree.entries} entries + ${devices.length} device nodes, populated ${mode}`);
 
     if (mode === 'rootless') {

@@ -7,8 +7,9 @@
 // the run); the previous out/ or store content byte-identical; then, with space, the next run
 // succeeds.
 import { startPublishChild as startChild } from '../helpers/publish-driver.js';
+import { startPaused, type Paused } from './harness.js';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, statfsSync, watch, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, readlink, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -55,6 +56,13 @@ interface SmallFs {
 }
 
 const filesystems: SmallFs[] = [];
+
+/** Let a run paused at a fault point go on (SIGUSR2) and wait for its end. */
+async function resume(p: Paused): Promise<CliResult> {
+  p.child.kill('SIGUSR2');
+  const r = await p.child;
+  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
 
 /** An ext4 of `mib` MiB (4 KiB blocks, no reserved blocks) on a loop device, mounted. */
 async function ext4(name: string, mib: number, opts: { inodes?: number } = {}): Promise<SmallFs> {
@@ -277,21 +285,12 @@ describe.skipIf(!isRoot)('disk full', () => {
     succeeded(await domu(build(out, EPOCH_A)));
     const before = await snapshot(out);
 
-    // The moment the temporary image appears (created empty, sparse), the rest of the disk goes.
-    let filledAt: string | undefined;
-    const watcher = watch(out, (_event, name) => {
-      if (filledAt === undefined && name?.startsWith('.tmp-busybox.img-')) {
-        filledAt = name;
-        fillSync(fs.mnt, 0);
-      }
-    });
-    let res: CliResult;
-    try {
-      res = await domu(build(out, EPOCH_B));
-    } finally {
-      watcher.close();
-    }
-    expect(filledAt).toBeDefined();
+    // Paused once the temporary image exists (created empty, sparse; after the free-space check):
+    // the rest of the disk goes, then the run goes on (SIGUSR2) and mke2fs meets the full disk.
+    const paused = await startPaused(build(out, EPOCH_B), 'image:created');
+    expect(temps(out).some((t) => t.includes('.tmp-busybox.img-'))).toBe(true);
+    fillSync(fs.mnt, 0);
+    const res = await resume(paused);
     const line = failure(res, 'build');
     expect(line).toMatch(new RegExp(`^domu build: error: no space left on ${esc(out)} \\(the out directory, --out\\) while building the image busybox\\.img: it needs about [\\d.]+ MiB, \\d+ KiB free; the previous image is untouched; free some space there or use --out on a larger file system$`));
     expect(`${res.stdout}\n${res.stderr}`).toMatch(/populating \S+\.tmp-busybox\.img-\S+ \(rootless\)/); // past the check: it failed writing
@@ -355,16 +354,11 @@ describe.skipIf(!isRoot)('disk full', () => {
     succeeded(await domu(build(out, EPOCH_A)));
     const before = await snapshot(out);
 
-    let taken = -1;
-    const watcher = watch(out, (_event, name) => {
-      if (taken < 0 && name?.startsWith('.tmp-busybox.img-')) taken = fillInodesSync(fs.mnt);
-    });
-    let res: CliResult;
-    try {
-      res = await domu(build(out, EPOCH_B));
-    } finally {
-      watcher.close();
-    }
+    // Paused with the new image complete under its temporary name: every inode goes, then the run
+    // goes on (SIGUSR2) to copy the kernel and ramdisk beside it.
+    const paused = await startPaused(build(out, EPOCH_B), 'image:populated');
+    const taken = fillInodesSync(fs.mnt);
+    const res = await resume(paused);
     expect(taken).toBeGreaterThan(0);
     const line = failure(res, 'build');
     expect(line).toMatch(new RegExp(`^domu build: error: no space left on ${esc(out)} \\(the out directory, --out\\) while building the image busybox\\.img: the file system has no free inodes left \\(\\d+ in all; [\\d.]+ MiB free\\); the previous image is untouched; remove some files there or use --out on a larger file system$`));
