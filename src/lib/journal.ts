@@ -15,12 +15,13 @@
 // A journal is claimed by renaming it to `<name>.claimed-<pid>` before recovery, so two runs that
 // start at once never undo the same journal twice.
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
-import { lstat, readdir, readFile, rename, rm, rmdir } from 'node:fs/promises';
+import { lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { isTempName } from './atomic.js';
 import { errorMessage } from './errors.js';
-import { run, type ExecEnv } from './exec.js';
+import type { ExecEnv } from './exec.js';
+import { detachLoops, mountPoints, unmountIfMounted } from './mounts.js';
 
 export type JournalResource =
   /** Removed recursively (never across a mount point). */
@@ -184,10 +185,9 @@ async function undoJournal(file: string, pid: number, env: ExecEnv): Promise<Rec
     else if (o.kind) resources.push(o as JournalResource);
   }
   const rec: Recovered = { pid, command: header.command ?? 'domu', started: header.started ?? '?', cleaned: [], failed: [] };
-  const mountinfo = async () => mountPoints();
   for (const r of resources.reverse()) {
     try {
-      const did = await undo(r, pid, header.host ?? hostname(), env, mountinfo);
+      const did = await undo(r, pid, header.host ?? hostname(), env);
       if (did) rec.cleaned.push(did);
     } catch (e) {
       rec.failed.push(`${describe(r)}: ${errorMessage(e)}`);
@@ -208,25 +208,16 @@ function describe(r: JournalResource): string {
   }
 }
 
-async function undo(r: JournalResource, pid: number, host: string, env: ExecEnv, mounts: () => Promise<string[]>): Promise<string | undefined> {
+async function undo(r: JournalResource, pid: number, host: string, env: ExecEnv): Promise<string | undefined> {
   switch (r.kind) {
-    case 'mount': {
-      if (!(await mounts()).includes(r.path)) return undefined;
-      try {
-        await run(env, 'umount', [r.path]);
-      } catch {
-        await run(env, 'umount', ['-l', r.path]);
-      }
-      return `unmounted ${r.path}`;
-    }
+    case 'mount':
+      return (await unmountIfMounted(env, r.path)) ? `unmounted ${r.path}` : undefined;
     case 'loop': {
-      const res = await run(env, 'losetup', ['-j', r.file], { okExitCodes: [0, 1] });
-      const devs = res.stdout.split('\n').map((l) => /^(\/dev\/[^:]+):/.exec(l)?.[1]).filter((d): d is string => d !== undefined);
-      for (const d of devs) await run(env, 'losetup', ['-d', d]);
+      const devs = await detachLoops(env, r.file);
       return devs.length ? `detached ${devs.join(', ')} (${r.file})` : undefined;
     }
     case 'path': {
-      const inside = (await mounts()).filter((m) => m === r.path || m.startsWith(`${r.path}/`));
+      const inside = (await mountPoints()).filter((m) => m === r.path || m.startsWith(`${r.path}/`));
       if (inside.length) throw new Error(`${inside[0]} is still mounted; not removing ${r.path}`);
       if (!(await exists(r.path))) return undefined;
       await rm(r.path, { recursive: true, force: true });
@@ -252,7 +243,6 @@ async function undo(r: JournalResource, pid: number, host: string, env: ExecEnv,
       }
       if (holder.pid !== pid || holder.host !== host) return undefined;
       await rm(r.path, { force: true });
-      await rmdir(`${r.path}.takeover`).catch(() => undefined);
       return `released the lock ${r.path}`;
     }
   }
@@ -260,13 +250,4 @@ async function undo(r: JournalResource, pid: number, host: string, env: ExecEnv,
 
 async function exists(p: string): Promise<boolean> {
   return lstat(p).then(() => true, () => false);
-}
-
-/** Mount points of this mount namespace (mountinfo escapes space etc. as \ooo). */
-export async function mountPoints(): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text
-    .split('\n')
-    .map((l) => (l.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter(Boolean);
 }

@@ -27,6 +27,7 @@ import { abortError, DomuError, errorMessage, InputError } from './errors.js';
 import { checkHeader } from './genheader.js';
 import { findNoSpace, NoSpaceError, noSpaceError } from './stage-errors.js';
 import { faultPoint } from './fault.js';
+import { isMountPoint as isListedMount } from './mounts.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath, writeNewFileDurable } from './storelock.js';
 
 export interface PublishInput {
@@ -193,9 +194,7 @@ async function isMountPoint(dir: string): Promise<boolean> {
   if (dir === '/') return true;
   const [a, b] = await Promise.all([stat(dir), stat(dirname(dir))]);
   if (a.dev !== b.dev) return true;
-  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const octal = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return info.split('\n').some((line) => octal(line.split(' ')[4] ?? '') === dir);
+  return isListedMount(dir);
 }
 
 /** Room for every temporary copy at once (they all exist before the first rename), checked before writing. */

@@ -17,7 +17,7 @@
 //   `chown` + `mknod`. Needs root. NOT byte-reproducible: the kernel writes mount/write times,
 //   mount counts, the last-mounted path and journal contents, and inode ctimes are the build's
 //   time; so it reports `reproducible: false`.
-import { lstat, mkdtemp, open, readdir, readFile, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
+import { lstat, mkdtemp, open, readdir, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, posix, relative, resolve } from 'node:path';
 import {
@@ -43,6 +43,7 @@ import { tempPathFor } from '../lib/atomic.js';
 import type { DeviceSpec } from '../lib/devtable.js';
 import type { JournalResource } from '../lib/journal.js';
 import { faultPoint } from '../lib/fault.js';
+import { detachLoops, unmountIfMounted } from '../lib/mounts.js';
 import { findNoSpace, fsState, noSpaceError } from '../lib/stage-errors.js';
 import type { StageContext } from '../pipeline/context.js';
 
@@ -512,27 +513,10 @@ function cleanupEnv(ctx: StageContext): ExecEnv {
   return { log: ctx.log, signal: new AbortController().signal };
 }
 
-async function loopDevicesOf(env: ExecEnv, file: string): Promise<string[]> {
-  const r = await run(env, 'losetup', ['-j', file], { okExitCodes: [0, 1] });
-  return r.stdout
-    .split('\n')
-    .map((l) => /^(\/dev\/[^:]+):/.exec(l)?.[1])
-    .filter((d): d is string => d !== undefined);
-}
-
-/** Whether `dir` is a mount point (from /proc/self/mountinfo, whose paths escape space as \040). */
-export async function isMountPoint(dir: string): Promise<boolean> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return text.split('\n').some((l) => unescape(l.split(' ')[4] ?? '') === dir);
-}
-
 async function populateByMount(ctx: StageContext, res: Resources, tmp: string, staging: string, devices: DeviceNode[]): Promise<void> {
   const env = cleanupEnv(ctx);
   // Registered before losetup creates it: whatever loop device backs tmp is detached.
-  const loop = res.add(`detach loop devices of ${tmp}`, async () => {
-    for (const dev of await loopDevicesOf(env, tmp)) await run(env, 'losetup', ['-d', dev]);
-  }, { kind: 'loop', file: tmp });
+  const loop = res.add(`detach loop devices of ${tmp}`, async () => void (await detachLoops(env, tmp)), { kind: 'loop', file: tmp });
   const dev = (await run(ctx, 'losetup', ['--find', '--show', tmp])).stdout.trim();
   if (!dev.startsWith('/dev/')) throw new DomuError(`losetup --find --show ${tmp} printed ${JSON.stringify(dev)}`);
   const mnt = await mkdtemp(join(tmpdir(), 'domu-mnt-'));
@@ -540,14 +524,7 @@ async function populateByMount(ctx: StageContext, res: Resources, tmp: string, s
     if (e.code !== 'ENOENT') throw e;
   }), { kind: 'path', path: mnt });
   // Registered before mount: unmounted if mounted (lazily when busy).
-  const mounted = res.add(`unmount ${mnt}`, async () => {
-    if (!(await isMountPoint(mnt))) return;
-    try {
-      await run(env, 'umount', [mnt]);
-    } catch {
-      await run(env, 'umount', ['-l', mnt]);
-    }
-  }, { kind: 'mount', path: mnt });
+  const mounted = res.add(`unmount ${mnt}`, async () => void (await unmountIfMounted(env, mnt)), { kind: 'mount', path: mnt });
   await run(ctx, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', dev, mnt]);
   ctx.log.info(`populating ${tmp} (mount)`);
   await faultPoint('image:mounted', ctx.signal);

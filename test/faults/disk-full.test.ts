@@ -8,6 +8,7 @@
 // succeeds.
 import { startPublishChild as startChild } from '../helpers/publish-driver.js';
 import { startPaused, type Paused } from './harness.js';
+import { mountPoints, unmountIfMounted } from '../../src/lib/mounts.js';
 import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, readlink, rename, rm, writeFile } from 'node:fs/promises';
@@ -98,14 +99,9 @@ async function tmpfs(name: string, size: string): Promise<SmallFs> {
   return fs;
 }
 
-async function mountPoints(): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text.split('\n').map((l) => (l.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)))).filter(Boolean);
-}
-
 async function unmountAll(): Promise<void> {
   for (const fs of filesystems.splice(0).reverse()) {
-    if ((await mountPoints()).includes(fs.mnt)) await run(env, 'umount', [fs.mnt]).catch(() => run(env, 'umount', ['-l', fs.mnt]));
+    await unmountIfMounted(env, fs.mnt).catch(() => undefined);
     if (fs.dev) await run(env, 'losetup', ['-d', fs.dev]).catch(() => undefined);
     if (fs.backing) await rm(fs.backing, { force: true });
   }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { PROJECT_ROOT } from '../../src/lib/paths.js';
 import { sha256Sparse } from '../../src/lib/e2fs.js';
-import { mountPoints } from '../../src/lib/journal.js';
+import { mountPoints } from '../../src/lib/mounts.js';
 import { memoryLogger } from '../../src/lib/log.js';
 import { startDomu } from '../helpers/cli.js';
 
