@@ -16,7 +16,6 @@ import { statfsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DomuError, errorMessage } from './errors.js';
-import { activeJournal } from './journal.js';
 
 /** Where a run writes; every field optional (the error's own path is used when nothing matches). */
 export interface Places {
@@ -31,13 +30,6 @@ export interface Places {
 }
 
 type Role = 'cache' | 'out' | 'store' | 'dist' | 'tmp' | 'other';
-
-const noted: Places = {};
-
-/** Tell the error translator where this process's run writes (the plan does, for --out). */
-export function notePlaces(p: Places): void {
-  for (const [k, v] of Object.entries(p) as [keyof Places, string | undefined][]) if (v !== undefined) noted[k] = resolve(v);
-}
 
 /** A full file system or quota, already explained (one line: place, stage, free space, what to do). */
 export class NoSpaceError extends DomuError {
@@ -231,17 +223,10 @@ function pathFromText(text: string): string | undefined {
   return undefined;
 }
 
+/** The places, as absolute paths. */
 function knownPlaces(p: Places): Places {
-  const journal = activeJournal()?.file;
-  // The run's journal is <cache>/journals/<pid>-<start>.jsonl: the cache of the run in this process.
-  const cacheFromJournal = journal ? dirname(dirname(journal)) : undefined;
   const r = (v: string | undefined) => (v === undefined ? undefined : resolve(v));
-  return {
-    cacheDir: r(p.cacheDir ?? noted.cacheDir ?? cacheFromJournal),
-    outDir: r(p.outDir ?? noted.outDir),
-    store: r(p.store ?? noted.store),
-    distDir: r(p.distDir ?? noted.distDir),
-  };
+  return { cacheDir: r(p.cacheDir), outDir: r(p.outDir), store: r(p.store), distDir: r(p.distDir) };
 }
 
 const CACHE_STAGES = new Set(['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs']);

@@ -125,7 +125,7 @@ export class Run {
     try {
       await this.prepare(log);
     } catch (e) {
-      if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
+      await this.undoAll(log);
       throw this.controller.signal.aborted ? abortError(this.controller.signal) : explainStageError('prepare', e, this.places);
     }
     let failure: unknown;
@@ -202,14 +202,18 @@ export class Run {
       this.records.push({ name: s.name, status: 'skipped', ms: 0, cacheHit: false, outputs: {} });
     }
     // Undo whatever is still registered (on success too: a stage keeps what it released).
-    // When all of it was undone, the journal has nothing left for a later run to do.
-    if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
+    await this.undoAll(log);
     if (failure !== undefined) {
       if (this.controller.signal.aborted) failure = abortError(this.controller.signal);
       log.info(`failed: ${errorMessage(failure)}`);
       throw failure;
     }
     return this.records;
+  }
+
+  /** Run the cleanup registry; when all of it was undone, the journal has nothing left for a later run. */
+  private async undoAll(log: Logger): Promise<void> {
+    if ((await this.cleanup.runAll(log)).length === 0) await this.journal?.close();
   }
 
   async close(): Promise<void> {

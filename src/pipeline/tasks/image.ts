@@ -8,7 +8,6 @@ import { sha256File } from '../../lib/hash.js';
 import { readBuildRecord } from '../buildrecord.js';
 import { currentImage, imageKey } from '../uptodate.js';
 import { imageStage, type StagedFiles } from '../../stages/image.js';
-import { notePlaces } from '../../lib/stage-errors.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
 import { parseDeviceTable } from '../../lib/devtable.js';
@@ -66,7 +65,6 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
 
 export function imageTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
   const output = resolve(flags.outDir ?? 'out', desc.image.file);
-  notePlaces({ outDir: resolve(flags.outDir ?? 'out') }); // a full --out is named as such (lib/stage-errors.ts)
   return {
     name: 'image',
     title: `Build the ext4 image ${desc.image.file}`,
