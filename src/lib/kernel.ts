@@ -11,7 +11,8 @@ import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPa
 import { writeFileAtomic } from './atomic.js';
 import { DomuError, errorMessage } from './errors.js';
 import { run } from './exec.js';
-import { manifestFileSha256, sha256FileSync } from './manifest.js';
+import { sha256FileSync } from './hash.js';
+import { manifestFileSha256 } from './manifest.js';
 
 /**
  * The kernel release (e.g. `6.1.0-41-amd64`) from an x86 bzImage's setup header: boot flag

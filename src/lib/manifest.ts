@@ -16,10 +16,11 @@
 // fingerprint, temporaries of atomic writes, or sidecars that a user of the entry adds later
 // (e.g. a test helper's `.xl-offline/`). Producers must not put content there.
 import { createHash } from 'node:crypto';
-import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from './atomic.js';
 import { errorMessage } from './errors.js';
+import { sha256FileSync } from './hash.js';
 
 export const MANIFEST_FILE = '.domu-manifest.json';
 export const FINGERPRINT_FILE = '.domu-fingerprint.json';
@@ -79,24 +80,6 @@ function typeOf(st: BigIntStats): EntryType | undefined {
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
   return undefined;
-}
-
-const BUF = Buffer.allocUnsafe(1 << 20);
-
-/** sha256 of a file, read synchronously through one shared buffer (no stream per file). */
-function hashFileSync(path: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(path, 'r');
-  try {
-    for (;;) {
-      const n = readSync(fd, BUF, 0, BUF.length, null);
-      if (n <= 0) break;
-      h.update(BUF.subarray(0, n));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 /** Let timers, signals and progress through between chunks of synchronous work. */
@@ -160,7 +143,7 @@ export async function writeManifest(root: string): Promise<ManifestSummary> {
     const e: ManifestEntry = { path: w.rel, type, mode: Number(w.st.mode & 0o7777n), mtime: String(w.st.mtimeNs) };
     if (type === 'file') {
       e.size = Number(w.st.size);
-      e.sha256 = hashFileSync(w.abs);
+      e.sha256 = sha256FileSync(w.abs);
       bytes += e.size;
       sinceBreath += e.size;
       if (sinceBreath > BREATH_BYTES) {
@@ -298,7 +281,7 @@ export async function verifyByHash(root: string, opts: { recordFingerprint?: boo
   for (const [w, e] of toHash) {
     let actual: string;
     try {
-      actual = hashFileSync(w.abs);
+      actual = sha256FileSync(w.abs);
     } catch (err) {
       content.push(`${w.rel}: unreadable (${errorMessage(err)})`);
       continue;
@@ -374,11 +357,6 @@ export function manifestFileSha256(root: string, rel: string): string | undefine
   const re = /\{"path":"(?:[^"\\]|\\.)*","type":"file","mode":\d+,"mtime":"\d+","size":\d+,"sha256":"([0-9a-f]{64})"\}/y;
   re.lastIndex = at;
   return re.exec(text)?.[1];
-}
-
-/** sha256 of a file (synchronous, one shared 1 MiB buffer: ~3x faster than a stream for a kernel image). */
-export function sha256FileSync(path: string): string {
-  return hashFileSync(path);
 }
 
 /** The newest mtime (whole seconds) of anything the manifest lists under `prefix/`. */
