@@ -51,6 +51,7 @@ const FS_REASONS: Record<string, string> = {
   ENOTDIR: 'a part of the path is not a directory',
   EISDIR: 'is a directory',
   ENOENT: 'no such file or directory',
+  EEXIST: 'something else is already there (e.g. a file where a directory is needed)',
 };
 
 /**

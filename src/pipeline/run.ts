@@ -3,7 +3,7 @@
 import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
-import { abortError, AbortedError, DomuError, errorMessage } from '../lib/errors.js';
+import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
 import { faultPoint } from '../lib/fault.js';
 import { activeJournal, recoverDeadRuns, RunJournal, setActiveJournal } from '../lib/journal.js';
 import { acquireLock, OUT_LOCK } from '../lib/storelock.js';
@@ -105,6 +105,9 @@ export class Run {
       this.journal = RunJournal.open(this.opts.cacheDir, this.opts.command);
       setActiveJournal(this.journal);
       const out = this.opts.lockOut;
+      if (out && (await stat(out.dir).then((st) => !st.isDirectory(), () => false))) {
+        throw new InputError(`--out ${out.dir} is not a directory`, 'give a directory for the build output (it is made when missing)');
+      }
       if (out && (out.create || (await isDirectory(out.dir)))) {
         // A directory made only to hold the lock goes again if the run put nothing in it.
         const made = await mkdir(out.dir, { recursive: true });

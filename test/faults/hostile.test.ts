@@ -626,6 +626,25 @@ const descriptionCases: Case[] = [
     prepare: async (dir) => markerChecked(await describeCase(undefined, ['--jobs', `4; touch ${join(dir, 'pwned')}`, '--until', 'kconfig'], 'build')(dir), join(dir, 'pwned')),
   },
   {
+    title: 'flag: --out is a regular file',
+    case: '--out naming an existing regular file (not a directory)',
+    expected: 'exit 2, "--out … is not a directory"; the file is left as it was',
+    command: 'configs',
+    exit: 2,
+    error: /^--out \/.*\/a-file is not a directory$/,
+    prepare: async (dir) => {
+      const file = join(dir, 'a-file');
+      await writeFile(file, 'mine\n');
+      return {
+        args: ['configs', '--out', file, '--cache-dir', join(dir, 'cache')],
+        after: async () => {
+          expect(await readFile(file, 'utf8'), 'the file is unchanged').toBe('mine\n');
+          return 'the file is unchanged';
+        },
+      };
+    },
+  },
+  {
     title: 'description: a file:// mirror',
     case: 'busybox.mirrors [file:///etc] (a mirror that reads local files)',
     expected: 'exit 2, busybox.mirrors.0: expected an http(s) base URL',
