@@ -127,7 +127,8 @@ function freeBytes(dir: string): number {
 /** Take `dir`'s file system down to `leave` free bytes with real blocks (fallocate, then 4 KiB writes). */
 function fillSync(dir: string, leave = 0): void {
   const file = join(dir, `filler-${++fillers}`);
-  const bulk = freeBytes(dir) - leave - MiB;
+  // Whole bytes: `leave` may be derived from a built file's size (an odd ramdisk halves to a fraction).
+  const bulk = Math.floor(freeBytes(dir) - leave - MiB);
   if (bulk > 0) execFileSync('fallocate', ['-l', String(bulk), file]);
   const fd = openSync(`${file}-tail`, 'a');
   const block = Buffer.alloc(4096, 0x5a);
@@ -320,7 +321,7 @@ describe.skipIf(!isRoot)('disk full', () => {
     const need = Number(probe![1]) * MiB;
     await removeFillers(fs.mnt);
     // Room for all of it but half the ramdisk.
-    fillSync(fs.mnt, need - ramdiskBytes / 2);
+    fillSync(fs.mnt, need - Math.floor(ramdiskBytes / 2));
 
     const res = await domu(build(out, EPOCH_B));
     const line = failure(res, 'build');

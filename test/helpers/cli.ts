@@ -8,16 +8,24 @@ export interface CliResult {
   stderr: string;
 }
 
-export function startDomu(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): ResultPromise<{ reject: false }> {
-  return execa(process.execPath, ['--import', 'tsx', `${PROJECT_ROOT}/src/cli/main.ts`, ...args], {
-    cwd: opts.cwd ?? PROJECT_ROOT,
+export interface DomuOptions {
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Another copy of the project to run (test/helpers/vouched-domu.ts); default this checkout. */
+  root?: string;
+}
+
+export function startDomu(args: string[], opts: DomuOptions = {}): ResultPromise<{ reject: false }> {
+  const root = opts.root ?? PROJECT_ROOT;
+  return execa(process.execPath, ['--import', 'tsx', `${root}/src/cli/main.ts`, ...args], {
+    cwd: opts.cwd ?? root,
     env: { ...opts.env, NODE_OPTIONS: '' },
     reject: false,
     stdin: 'ignore',
   }) as ResultPromise<{ reject: false }>;
 }
 
-export async function domu(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+export async function domu(args: string[], opts: DomuOptions = {}): Promise<CliResult> {
   const r = await startDomu(args, opts);
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
@@ -29,8 +37,8 @@ import type { Summary } from '../../src/cli/summary.js';
 import type { StageRecord } from '../../src/pipeline/run.js';
 
 /** `domu <args>` with --json among them: the result and its parsed summary. */
-export async function domuJson(args: string[]): Promise<{ r: CliResult; s: Summary & { log: string } }> {
-  const r = await domu(args);
+export async function domuJson(args: string[], opts: DomuOptions = {}): Promise<{ r: CliResult; s: Summary & { log: string } }> {
+  const r = await domu(args, opts);
   try {
     return { r, s: JSON.parse(r.stdout) as Summary & { log: string } };
   } catch {
