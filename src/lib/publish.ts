@@ -25,7 +25,7 @@ import { isTempName, tempPathFor, TEMP_MARK } from './atomic.js';
 import { dataRanges } from './e2fs.js';
 import { abortError, DomuError, errorMessage, InputError } from './errors.js';
 import { checkHeader } from './genheader.js';
-import { findNoSpace, NoSpaceError, noSpaceError } from './stage-errors.js';
+import { FileTooBigError, findNoSpace, findTooBig, NoSpaceError, noSpaceError, tooBigError } from './stage-errors.js';
 import { faultPoint } from './fault.js';
 import { isMountPoint as isListedMount } from './mounts.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath, writeNewFileDurable } from './storelock.js';
@@ -122,8 +122,11 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
   } catch (e) {
     await temps.removeAll();
     if (ctx.signal.aborted) throw abortError(ctx.signal);
-    const full = e instanceof NoSpaceError ? undefined : findNoSpace(e);
-    throw full ? noSpaceError({ code: full.code, dir: store, role: 'store', doing: 'publishing to the store', cause: e }) : e;
+    if (e instanceof NoSpaceError || e instanceof FileTooBigError) throw e;
+    const full = findNoSpace(e);
+    if (full) throw noSpaceError({ code: full.code, dir: store, role: 'store', doing: 'publishing to the store', cause: e });
+    if (findTooBig(e)) throw tooBigError({ dir: store, role: 'store', doing: 'publishing to the store', note: 'the store is unchanged', cause: e });
+    throw e;
   } finally {
     await release().catch((e: unknown) => ctx.log.warn(`could not release the store lock of ${store}: ${errorMessage(e)}; remove ${join(store, LOCK_NAME)} by hand`));
     dropLock();
@@ -384,6 +387,11 @@ async function stageItems(items: Item[], store: string, ctx: StageContext, temps
     if (full) {
       const need = items.reduce((n, i) => n + i.allocated, 0);
       throw noSpaceError({ code: full.code, dir: store, role: 'store', doing: `publishing ${items.length} file${items.length === 1 ? '' : 's'} to the store`, need, note: 'the store is unchanged', cause: e });
+    }
+    // A file the store's file system cannot hold (EFBIG; the image, as big as image.size).
+    if (findTooBig(e)) {
+      const item = staged[staged.length - 1]?.item;
+      throw tooBigError({ dir: store, role: 'store', doing: `publishing ${item ? item.rel : 'to the store'}`, size: item?.size, note: 'the store is unchanged', cause: e });
     }
     throw e;
   }

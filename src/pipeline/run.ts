@@ -39,6 +39,13 @@ export interface StageRecord {
   error?: string;
 }
 
+/**
+ * A check of the plan that needs the run: it runs before any stage, once the --out lock is held
+ * (e.g. whether --out's file system can hold an image of image.size, probed there). What it
+ * creates it registers with `cleanup`; an InputError it throws is exit 2, as at plan time.
+ */
+export type PreflightCheck = (env: { cleanup: CleanupRegistry; log: Logger; signal: AbortSignal }) => Promise<void>;
+
 /** tty: listr2's default renderer; plain: timestamped lines; json: plain lines on stderr. */
 export type OutputMode = 'tty' | 'plain' | 'json';
 
@@ -49,6 +56,8 @@ export interface RunOptions {
   command: string;
   /** Hold this directory's lock (out/.domu.lock) for the whole run (see Plan.lockOut). */
   lockOut?: { dir: string; create: boolean } | undefined;
+  /** Checks run before any stage, after the --out lock is taken (see Plan.preflight). */
+  preflight?: PreflightCheck[] | undefined;
 }
 
 /** Another run on the same --out is waited for this long (a compile can take a while). */
@@ -115,6 +124,7 @@ export class Run {
         const release = await acquireLock(out.dir, OUT_LOCK, { timeoutMs: OUT_LOCK_WAIT_MS, log, signal: this.controller.signal, command: `domu ${this.opts.command}` });
         this.cleanup.push(`release the lock of ${out.dir}`, release, { kind: 'lock', path: join(out.dir, OUT_LOCK.file) });
       }
+      for (const check of this.opts.preflight ?? []) await check({ cleanup: this.cleanup, log, signal: this.controller.signal });
     } finally {
       this.runLog.sink = undefined;
     }

@@ -44,7 +44,7 @@ import type { DeviceSpec } from '../lib/devtable.js';
 import type { JournalResource } from '../lib/journal.js';
 import { faultPoint } from '../lib/fault.js';
 import { detachLoops, unmountIfMounted } from '../lib/mounts.js';
-import { findNoSpace, fsState, noSpaceError } from '../lib/stage-errors.js';
+import { findNoSpace, findTooBig, fsState, noSpaceError, tooBigError } from '../lib/stage-errors.js';
 import type { StageContext } from '../pipeline/context.js';
 
 /** A device node to create in the image. */
@@ -199,8 +199,14 @@ export async function imageStage(input: ImageInput, ctx: StageContext): Promise<
     await res.undoAll();
     if (ctx.signal.aborted) throw abortError(ctx.signal);
     if (e instanceof AbortedError) throw e;
+    const note = async () => ((await stat(output).then(() => true, () => false)) ? 'the previous image is untouched' : 'nothing was left behind');
     if (full) {
-      throw noSpaceError({ code: full, dir: outDir, role: 'out', doing: `building the image ${basename(output)}`, need: needBytes, fs, note: (await stat(output).then(() => true, () => false)) ? 'the previous image is untouched' : 'nothing was left behind', cause: e });
+      throw noSpaceError({ code: full, dir: outDir, role: 'out', doing: `building the image ${basename(output)}`, need: needBytes, fs, note: await note(), cause: e });
+    }
+    // EFBIG: the plan's probe of --out (lib/filesize.ts) lets no such size through; a limit that
+    // changed since (another mount, ulimit -f of a program) still gets one line.
+    if (findTooBig(e) && !elsewhere(findTooBig(e)?.path, outDir)) {
+      throw tooBigError({ dir: outDir, role: 'out', doing: `building the image ${basename(output)}`, size: input.size, note: await note(), cause: e });
     }
     if (isImageFull(e)) throw await tooSmall(ctx, input.size, tree, devices.length, mkdirs.length, common);
     throw e;
@@ -448,12 +454,15 @@ async function checkFreeSpace(outDir: string, output: string, need: Need, extra:
 function noSpaceIn(e: unknown, outDir: string): 'ENOSPC' | 'EDQUOT' | undefined {
   if (isImageFull(e)) return undefined;
   const f = findNoSpace(e);
-  if (!f) return undefined;
-  if (f.path !== undefined) {
-    const rel = relative(outDir, resolve(f.path));
-    if (rel.startsWith('..') || rel.startsWith('/')) return undefined;
-  }
+  if (!f || elsewhere(f.path, outDir)) return undefined;
   return f.code;
+}
+
+/** `path` is known and lies outside `dir`. */
+function elsewhere(path: string | undefined, dir: string): boolean {
+  if (path === undefined) return false;
+  const rel = relative(dir, resolve(path));
+  return rel.startsWith('..') || rel.startsWith('/');
 }
 
 /** The image itself is full (our estimate was short): mke2fs -d / debugfs / cp say so. */

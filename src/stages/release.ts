@@ -24,7 +24,7 @@ import { pack as tarPack, type Header } from 'tar-stream';
 import { sweepTemps, tempPathFor } from '../lib/atomic.js';
 import { sha256Sparse } from '../lib/e2fs.js';
 import { DomuError } from '../lib/errors.js';
-import { findNoSpace, noSpaceError } from '../lib/stage-errors.js';
+import { findNoSpace, findTooBig, noSpaceError, tooBigError } from '../lib/stage-errors.js';
 import { commandLine, run, type ExecEnv } from '../lib/exec.js';
 import { checkHeader } from '../lib/genheader.js';
 import { sha256, sha256File } from '../lib/hash.js';
@@ -489,6 +489,7 @@ export async function writeRelease(input: ReleaseInput, ctx: StageContext): Prom
     // A full --dist: one line naming it (the temporary directory goes in `finally`).
     const full = findNoSpace(e);
     if (full) throw noSpaceError({ code: full.code, dir: distDir, role: 'dist', doing: `writing the release ${name}`, note: 'nothing was left behind', cause: e });
+    if (findTooBig(e)) throw tooBigError({ dir: distDir, role: 'dist', doing: `writing the release ${name}`, note: 'nothing was left behind', cause: e });
     throw e;
   } finally {
     await rm(tmp, { recursive: true, force: true });
