@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
 import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
 import { faultPoint } from '../lib/fault.js';
-import { activeJournal, recoverDeadRuns, RunJournal, setActiveJournal } from '../lib/journal.js';
+import { activeJournal, processStart, recoverDeadRuns, RunJournal, setActiveJournal } from '../lib/journal.js';
 import { acquireLock, OUT_LOCK } from '../lib/storelock.js';
 import type { Logger } from '../lib/log.js';
 import { RunLog } from '../lib/log.js';
@@ -236,9 +236,18 @@ export class Run {
   }
 }
 
+/**
+ * Keep the newest `keep` run directories of finished runs. A directory whose run is still going
+ * (its name ends in a live pid) is never removed: it holds that run's build tree, and runs on one
+ * cache overlap (a compile of minutes, while short runs come and go, lost its tree to them).
+ */
 async function pruneRuns(dir: string, keep: number): Promise<void> {
   const names = (await readdir(dir).catch(() => [] as string[])).sort();
-  for (const n of names.slice(0, Math.max(0, names.length - keep))) await rm(join(dir, n), { recursive: true, force: true });
+  const finished = names.filter((n) => {
+    const pid = Number(/-(\d+)$/.exec(n)?.[1]);
+    return !(pid > 0 && processStart(pid) !== undefined);
+  });
+  for (const n of finished.slice(0, Math.max(0, finished.length - keep))) await rm(join(dir, n), { recursive: true, force: true });
 }
 
 async function isDirectory(p: string): Promise<boolean> {
