@@ -16,7 +16,7 @@ import type { KernelPackage } from '../../src/lib/kernel.js';
 import { LOCK_NAME } from '../../src/lib/storelock.js';
 import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { PROJECT_ROOT } from '../../src/lib/paths.js';
-import { domu, type CliResult } from '../helpers/cli.js';
+import { domu, domuBin, type CliResult } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
 import { reliability } from './reliability.js';
@@ -956,7 +956,7 @@ describe.concurrent('hostile kernel module trees (domu modules --kernel DIR)', (
 /** `domu <args>` under `prlimit --fsize=<bytes>` (ulimit -f), the CLI as test/helpers/cli.ts runs it. */
 function underFileSizeLimit(bytes: number) {
   return async (args: string[]): Promise<CliResult> => {
-    const r = await execa('prlimit', [`--fsize=${bytes}`, '--', process.execPath, '--import', 'tsx', `${PROJECT_ROOT}/src/cli/main.ts`, ...args], {
+    const r = await execa('prlimit', [`--fsize=${bytes}`, '--', process.execPath, domuBin(), ...args], {
       cwd: PROJECT_ROOT,
       env: { NODE_OPTIONS: '' },
       reject: false,

@@ -1,4 +1,5 @@
-// Run the real `domu` CLI (from src/, through tsx) as a child process.
+// Run the real `domu` CLI as a child process, as users run it: bin/domu.js and the compiled
+// build/ (kept up to date with src/ by test/helpers/global-setup.ts).
 import { execa, type ResultPromise } from 'execa';
 import { PROJECT_ROOT } from '../../src/lib/paths.js';
 
@@ -7,6 +8,9 @@ export interface CliResult {
   stdout: string;
   stderr: string;
 }
+
+/** The CLI's entry point in a copy of the project (the argument vector of `node`, after node itself). */
+export const domuBin = (root = PROJECT_ROOT): string => `${root}/bin/domu.js`;
 
 export interface DomuOptions {
   cwd?: string;
@@ -17,7 +21,7 @@ export interface DomuOptions {
 
 export function startDomu(args: string[], opts: DomuOptions = {}): ResultPromise<{ reject: false }> {
   const root = opts.root ?? PROJECT_ROOT;
-  return execa(process.execPath, ['--import', 'tsx', `${root}/src/cli/main.ts`, ...args], {
+  return execa(process.execPath, [domuBin(root), ...args], {
     cwd: opts.cwd ?? root,
     env: { ...opts.env, NODE_OPTIONS: '' },
     reject: false,

@@ -36,8 +36,11 @@ export async function checkVouchedFile(): Promise<void> {
   if (got !== BUSYBOX_1_22_1_GIT.sha256) throw new Error(`${BUSYBOX_1_22_1_GIT.path}: sha256 ${got}, expected ${BUSYBOX_1_22_1_GIT.sha256} (see its README)`);
 }
 
-/** What the project itself copies to run as another domu (the code runs from src/ through tsx). */
-const COPIED = ['src', 'busybox-config', 'rootfs-skel', 'xen-configs', 'initramfs', 'scripts', 'package.json', 'tsconfig.json', 'guest.yaml', 'rootfs-devices.txt'];
+/**
+ * What the project itself copies to run as another domu: the compiled CLI and its data (no src/:
+ * bin/domu.js then has no sources to compare the build with).
+ */
+const COPIED = ['bin', 'build', 'busybox-config', 'rootfs-skel', 'xen-configs', 'initramfs', 'scripts', 'package.json', 'guest.yaml', 'rootfs-devices.txt'];
 
 let pending: Promise<string> | undefined;
 
