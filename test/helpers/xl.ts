@@ -1,8 +1,11 @@
-// Debian's real `xl` (xen-utils-4.17) parsing Xen domain configs OFFLINE, without a hypervisor.
+// Debian's real `xl` (xen-utils-<major>.<minor>, 4.17 in bookworm) parsing Xen domain configs
+// OFFLINE, without a hypervisor.
 //
-// Fetch: xen-utils-4.17, the packages of the same source package (`xen`) it depends on,
-// recursively (libxenmisc4.17 = libxenlight/libxenctrl/libxlutil/…, libxenstore4,
-// libxentoollog1, xen-utils-common for /etc/xen/xl.conf, …), any other shared-library dependency
+// Fetch: the metapackage xen-system-amd64 names the archive's current xen-utils-<major>.<minor>
+// (as linux-image-amd64 names the kernel; the metapackage itself is not downloaded). Then that
+// package, the packages of the same source package (`xen`) it depends on, recursively
+// (libxenmisc4.17 = libxenlight/libxenctrl/libxlutil/…, libxenstore4, libxentoollog1,
+// xen-utils-common for /etc/xen/xl.conf, …), any other shared-library dependency
 // that is not installed on this machine (here libyajl2), and libxen-dev (the headers of the
 // same build, to compile our preload against). `apt-get download` through a private apt
 // configuration + `dpkg-deb -x` into ONE entry `xl-offline/<package>_<version>` of the shared
@@ -44,7 +47,10 @@ import type { StageContext } from '../../src/pipeline/context.js';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
 import { sharedStageContext } from './context.js';
 
-export const XEN_UTILS_PACKAGE = 'xen-utils-4.17';
+/** The metapackage that depends on the current xen-utils-<major>.<minor> (not itself downloaded). */
+export const XEN_META_PACKAGE = 'xen-system-amd64';
+/** The versioned name of the Xen tools package, e.g. xen-utils-4.17. */
+export const XEN_UTILS_RE = /^xen-utils-(\d+\.\d+)$/;
 /** The headers of the same Xen build (not a dependency of xl; needed to compile the preload). */
 export const XEN_DEV_PACKAGE = 'libxen-dev';
 export const XL_OFFLINE_SOURCE = projectPath('test', 'fixtures', 'xl-offline', 'xl-offline.c');
@@ -70,7 +76,7 @@ export interface XenTree {
   include: string;
   /** Debian's default global config `<root>/etc/xen/xl.conf` (comments only). */
   globalConfig: string;
-  /** xen-utils-4.17 and its Debian version, e.g. 4.17.7+13-g2445b30a44-0+deb12u1. */
+  /** xen-utils-<major>.<minor> (e.g. xen-utils-4.17) and its Debian version, e.g. 4.17.7+13-g2445b30a44-0+deb12u1. */
   package: string;
   version: string;
   packages: FetchedDeb[];
@@ -143,7 +149,7 @@ async function candidates(env: ExecEnv, apt: PrivateApt, names: string[]): Promi
 const isLibraryPackage = (p: CandidatePackage) => p.fields.Section === 'libs' || /^lib[a-z0-9]/.test(p.package) || /^zlib/.test(p.package);
 
 /**
- * xen-utils-4.17 + libxen-dev + their dependencies from the source package `xen` (recursively),
+ * xen-utils-<major>.<minor> + libxen-dev + their dependencies from the source package `xen` (recursively),
  * + shared-library dependencies this machine lacks. Other dependencies (udev, python3, ucf, …) are
  * not needed to run xl and are left out.
  */
@@ -211,11 +217,17 @@ async function inspectTree(ctx: StageContext, dir: string, main: Deb): Promise<X
 export async function fetchXenTools(ctx: StageContext): Promise<XenTree> {
   let resolved: FetchedDeb[] | undefined;
   return fetchDebsIntoCache(ctx, {
-    request: XEN_UTILS_PACKAGE,
+    request: XEN_META_PACKAGE,
     kind: CACHE_KIND,
     label: 'xl',
-    missingHint: `the archive no longer offers ${XEN_UTILS_PACKAGE}; update XEN_UTILS_PACKAGE in test/helpers/xl.ts`,
-    resolve: async (apt, top) => (resolved = await resolveXenDebs(ctx, apt, top)),
+    missingHint: `the archive no longer offers ${XEN_META_PACKAGE}; update XEN_META_PACKAGE in test/helpers/xl.ts`,
+    resolve: async (apt, meta) => {
+      const utils = dependsNames(meta.fields.Depends).find((d) => XEN_UTILS_RE.test(d));
+      if (!utils) throw new DomuError(`${meta.package} ${meta.version} depends on no xen-utils-<major>.<minor> (Depends: ${meta.fields.Depends ?? 'none'})`);
+      const top = (await candidates(ctx, apt, [utils]))[0];
+      if (!top) throw new DomuError(`${meta.package} ${meta.version} depends on ${utils}, which Debian's archive does not offer`);
+      return (resolved = await resolveXenDebs(ctx, apt, top));
+    },
     fixUp: async (dir) => {
       if (!resolved) throw new Error('xl: fixUp before resolve');
       await writeFile(join(dir, MANIFEST), `${JSON.stringify(resolved, null, 2)}\n`);

@@ -5,7 +5,7 @@
 // loaded, the root mounted as asked, the arguments handed on; an absent root must give the one
 // clear timeout message and then a panic (panic=) or a rescue shell (no panic=).
 import { copyFile, mkdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -25,22 +25,23 @@ const EPOCH = 1_700_000_000;
 const BOOT_TIMEOUT = 180_000; // TCG boots take 5–10 s here; generous for a loaded machine
 const MARKER = 'DOMU-INITRAMFS-TEST-MARKER';
 
-/** Root on virtio-blk ext4, in modules.dep order (facts.md; checked against depmod below). */
-const MODULES: [name: string, path: string][] = [
-  ['virtio_ring', 'kernel/drivers/virtio/virtio_ring.ko'],
-  ['virtio', 'kernel/drivers/virtio/virtio.ko'],
-  ['virtio_pci_modern_dev', 'kernel/drivers/virtio/virtio_pci_modern_dev.ko'],
-  ['virtio_pci_legacy_dev', 'kernel/drivers/virtio/virtio_pci_legacy_dev.ko'],
-  ['virtio_pci', 'kernel/drivers/virtio/virtio_pci.ko'],
-  ['virtio_blk', 'kernel/drivers/block/virtio_blk.ko'],
-  ['crc32c_generic', 'kernel/crypto/crc32c_generic.ko'],
-  ['jbd2', 'kernel/fs/jbd2/jbd2.ko'],
-  ['mbcache', 'kernel/fs/mbcache.ko'],
-  ['crc16', 'kernel/lib/crc16.ko'],
-  ['ext4', 'kernel/fs/ext4/ext4.ko'],
-];
-/** Given to the stage compressed, as other distributions ship them: program and suffix. */
-const RECOMPRESS: Record<string, [program: string, suffix: string]> = { ext4: ['xz', '.xz'], jbd2: ['zstd', '.zst'], crc16: ['gzip', '.gz'] };
+/** Root on virtio-blk ext4: what the ramdisk must load, with every dependency (see MODULES). */
+const ROOT_MODULES = ['virtio_pci', 'virtio_blk', 'ext4'];
+/**
+ * ROOT_MODULES and their dependencies in load order, as this kernel's kmod resolves them:
+ * `modprobe --show-depends` on a depmod of the downloaded modules (hard and soft dependencies),
+ * each module once. Left out: modules under kernel/arch/, the CPU-specific accelerated providers
+ * of a soft dependency (crc32c-intel for crypto-crc32c), which the emulated CPU of the boot tests
+ * need not support; the portable provider (crc32c_generic) stays. `name` is the file's name
+ * without .ko, as the ramdisk's /init reports it. Checked against depmod below.
+ */
+let MODULES: [name: string, path: string][];
+/** Given to the stage compressed, as other distributions ship them: module, program and suffix (set in beforeAll). */
+let RECOMPRESS: Record<string, [program: string, suffix: string]>;
+/** modules.dep of depmod over the whole downloaded modules tree (relative paths). */
+let fullDep: Map<string, string[]>;
+/** A module's name as the kernel knows it. */
+const nameOf = (p: string) => basename(p).replace(/\.ko(\.\w+)?$/, '').replace(/-/g, '_');
 
 let kernel: KernelPackage;
 let busybox: StaticBusybox;
@@ -52,6 +53,37 @@ let stageLines: string[];
 beforeAll(async () => {
   [kernel, busybox] = await Promise.all([getKernelPackage(), getStaticBusybox()]);
   dir = await tempDir('domu-initramfs-');
+  // kmod on a depmod of the whole tree (hard links: cheap), with no modprobe configuration of the host.
+  const full = join(dir, 'depmod-full');
+  await mkdir(join(full, 'lib', 'modules'), { recursive: true });
+  await mkdir(join(dir, 'modprobe.d'));
+  await run(env, 'cp', ['-al', kernel.modules, join(full, 'lib', 'modules')]);
+  await run(env, 'depmod', ['-b', full, kernel.release]);
+  const fullBase = join(full, 'lib', 'modules', kernel.release);
+  fullDep = new Map(
+    (await readFile(join(fullBase, 'modules.dep'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [mod, deps = ''] = l.split(':');
+        return [mod!, deps.trim().split(/\s+/).filter(Boolean)];
+      }),
+  );
+  const shown = await run(env, 'modprobe', ['-C', join(dir, 'modprobe.d'), '--show-depends', '-d', full, '-S', kernel.release, '-a', ...ROOT_MODULES], { quiet: true });
+  MODULES = [];
+  for (const line of shown.stdout.split('\n')) {
+    const file = /^insmod (\S+)/.exec(line)?.[1];
+    if (!file) continue; // `builtin …`: nothing to load
+    expect(file.startsWith(`${fullBase}/`), line).toBe(true);
+    const path = file.slice(fullBase.length + 1);
+    if (path.startsWith('kernel/arch/') || MODULES.some(([, p]) => p === path)) continue;
+    MODULES.push([basename(path).replace(/\.ko$/, ''), path]);
+  }
+  expect(MODULES.map(([, p]) => nameOf(p))).toEqual(expect.arrayContaining(ROOT_MODULES));
+  // ext4 itself, its journal, and a third module (crc16 where ext4 still needs it) go in compressed.
+  const third = MODULES.some(([n]) => n === 'crc16') ? 'crc16' : 'virtio_blk';
+  RECOMPRESS = { ext4: ['xz', '.xz'], jbd2: ['zstd', '.zst'], [third]: ['gzip', '.gz'] };
+  for (const n of Object.keys(RECOMPRESS)) expect(MODULES.map(([m]) => m), `${n} is loaded from the ramdisk`).toContain(n);
   modules = [];
   for (const [name, path] of MODULES) {
     const plain = join(kernel.modules, path);
@@ -90,26 +122,45 @@ describe('the load order', () => {
     }
     await run(env, 'depmod', ['-b', root, kernel.release]);
     const dep = await readFile(join(base, 'modules.dep'), 'utf8');
-    const order = MODULES.map(([name]) => name);
-    const nameOf = (p: string) => p.replace(/^.*\//, '').replace(/\.ko$/, '').replace(/-/g, '_');
+    const order = MODULES.map(([, path]) => nameOf(path));
     let checked = 0;
+    let lines = 0;
     for (const line of dep.trim().split('\n')) {
       const [mod, deps = ''] = line.split(':');
       const m = nameOf(mod!);
-      for (const d of deps.trim().split(/\s+/).filter(Boolean)) {
+      const list = deps.trim().split(/\s+/).filter(Boolean);
+      // The same dependencies as depmod finds over the whole package: the list is closed.
+      expect(list, `${mod}: as in the whole tree's modules.dep`).toEqual(fullDep.get(mod!));
+      lines += 1;
+      for (const d of list) {
         expect(order, `${m} needs ${nameOf(d)}`).toContain(nameOf(d));
         expect(order.indexOf(nameOf(d)), `${nameOf(d)} before ${m}`).toBeLessThan(order.indexOf(m));
         checked += 1;
       }
     }
-    expect(checked).toBeGreaterThanOrEqual(8); // ext4 alone needs jbd2, mbcache, crc16
-    // ext4 and jbd2 want crc32c first (softdep pre: crypto-crc32c), which crc32c_generic provides.
+    expect(lines).toBe(MODULES.length);
+    expect(checked).toBe(MODULES.reduce((n, [, path]) => n + fullDep.get(path)!.length, 0));
+    expect(checked).toBeGreaterThan(0); // ext4 needs its journal (jbd2), at least
+    // Soft dependencies (ext4 and jbd2: pre: crypto-crc32c): some module of the list provides each
+    // (modules.alias), and every provider in the list loads before the module that wants it.
     const softdep = await readFile(join(base, 'modules.softdep'), 'utf8');
-    expect(softdep).toContain('softdep ext4 pre: crypto-crc32c');
-    expect(await readFile(join(base, 'modules.alias'), 'utf8')).toMatch(/^alias crypto-crc32c crc32c_generic$/m);
-    for (const m of /^softdep (\S+) pre: crypto-crc32c$/gm[Symbol.matchAll](softdep)) {
-      expect(order.indexOf('crc32c_generic'), `crc32c_generic before ${m[1]}`).toBeLessThan(order.indexOf(m[1]!));
+    const aliases = [...(await readFile(join(base, 'modules.alias'), 'utf8')).matchAll(/^alias (\S+) (\S+)$/gm)];
+    let soft = 0;
+    for (const m of softdep.matchAll(/^softdep (\S+) pre: (.*?)(?: post: .*)?$/gm)) {
+      for (const want of m[2]!.trim().split(/\s+/).filter(Boolean)) {
+        const providers = aliases.filter((a) => a[1] === want).map((a) => a[2]!).filter((p) => order.includes(p));
+        expect(providers, `${m[1]} wants ${want} first`).not.toEqual([]);
+        for (const p of providers) expect(order.indexOf(p), `${p} before ${m[1]}`).toBeLessThan(order.indexOf(m[1]!));
+        soft += 1;
+      }
     }
+    // As many as the listed modules declare (kmod's modinfo -F softdep).
+    let declared = 0;
+    for (const [, path] of MODULES) {
+      const r = await run(env, 'modinfo', ['-F', 'softdep', join(kernel.modules, path)], { quiet: true });
+      for (const l of r.stdout.split('\n')) declared += (/^\s*pre:\s*(.*?)(?:\s+post:.*)?$/.exec(l)?.[1] ?? '').split(/\s+/).filter(Boolean).length;
+    }
+    expect(soft).toBe(declared);
   });
 });
 
@@ -123,7 +174,7 @@ describe('the ramdisk built from the real kernel package and busybox', () => {
     expect(built.modules).toEqual(MODULES.map(([n]) => n));
     expect(built.uncompressedSize).toBe(gunzipSync(await readFile(built.path)).length);
     expect(built.size).toBeLessThan(built.uncompressedSize);
-    expect(stageLines.some((l) => l.includes(`11 modules`) && l.includes(built.path))).toBe(true);
+    expect(stageLines.some((l) => l.includes(`${MODULES.length} modules`) && l.includes(built.path))).toBe(true);
   });
 
   it('cpio -t lists exactly the expected names', async () => {
@@ -159,7 +210,9 @@ describe('the ramdisk built from the real kernel package and busybox', () => {
     const got = await describeTree(into);
     for (const e of got) if (e.type === 'dir' && !expected.some((x) => x.path === e.path)) expected.push({ path: e.path, type: 'dir', mode: 0o755 });
     expect(diffTrees(got, expected)).toEqual([]);
-    expect(got.filter((e) => e.type === 'dir').length).toBeGreaterThan(12); // the module directories are there
+    // The module directories are there.
+    const moduleDirs = new Set(MODULES.flatMap(([, p]) => `${moduleDir()}/${p}`.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))));
+    for (const d of moduleDirs) expect(got.some((e) => e.path === d && e.type === 'dir'), d).toBe(true);
     const devs = await Promise.all(['console', 'null'].map((n) => stat(join(into, 'dev', n))));
     expect(devs.map((s) => [s.isCharacterDevice(), (s.rdev >> 8) & 0xfff, s.rdev & 0xff])).toEqual([
       [true, 5, 1],
@@ -185,7 +238,8 @@ describe('the ramdisk built from the real kernel package and busybox', () => {
   it('refuses a module built for another kernel, and one whose name does not match', async () => {
     const ctx = await makeTestContext();
     try {
-      const one = [{ name: 'ext4', file: join(kernel.modules, MODULES[10]![1]), path: MODULES[10]![1] }];
+      const ext4 = MODULES.find(([n]) => n === 'ext4')![1];
+      const one = [{ name: 'ext4', file: join(kernel.modules, ext4), path: ext4 }];
       const out = join(dir, 'bad', 'initrd.gz');
       await expect(initramfsStage({ busybox: busybox.binary, release: '6.1.0-1-amd64', modules: one, output: out, sourceDateEpoch: EPOCH }, ctx)).rejects.toThrow(
         new RegExp(`ext4\\.ko was built for kernel ${kernel.release.replace(/\./g, '\\.')}, the ramdisk is for 6\\.1\\.0-1-amd64`),
