@@ -3,7 +3,8 @@
 // of one machine. The stages' own cache makes every later call (in any test file) a lookup: make
 // runs once per machine, about 30–50 s.
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { execa } from 'execa';
+import { join, relative } from 'node:path';
 import { parseFragment } from '../../src/lib/kconfig.js';
 import { projectPath } from '../../src/lib/paths.js';
 import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
@@ -18,6 +19,8 @@ export interface StaticBusybox {
   installTree: string;
   /** `<installTree>/bin/busybox` */
   binary: string;
+  /** The cache entries behind it, relative to the cache (`sources/<sha256>`, `trees/…`, `kconfig/…`, `installs/…`). */
+  entries: string[];
 }
 
 let pending: Promise<StaticBusybox> | undefined;
@@ -58,7 +61,9 @@ export function getStaticBusybox(): Promise<StaticBusybox> {
         },
         ctx,
       );
-      return { installTree: c.installTree, binary: c.binary };
+      const entryOf = (path: string) => relative(TEST_CACHE_DIR, path).split('/').slice(0, 2).join('/');
+      const entries = [entryOf(tarball), entryOf(x.tree), `kconfig/${k.key}`, entryOf(c.installTree)];
+      return { installTree: c.installTree, binary: c.binary, entries };
     } finally {
       await cleanup.runAll();
       await rm(workDir, { recursive: true, force: true });
@@ -68,4 +73,21 @@ export function getStaticBusybox(): Promise<StaticBusybox> {
     pending = undefined;
   });
   return pending;
+}
+
+/**
+ * A private cache that already holds the static busybox (tarball, source tree, kconfig and install
+ * entries copied from the shared test cache): for test files that need a cache of their own (their
+ * runs are killed, or they count what the cache holds) but do not test the cold compile itself,
+ * which compile-real, the fault suite and the e2e tests do. A build with the project's fragment
+ * and glibc finds every busybox stage in it.
+ */
+export async function seedCache(cacheDir: string): Promise<void> {
+  const { entries } = await getStaticBusybox();
+  for (const entry of entries) {
+    await mkdir(join(cacheDir, entry, '..'), { recursive: true });
+    // Copies, not links: a test that damages its cache must not reach the shared one. cp -a keeps
+    // every mtime (directories' and symlinks' too), which the entries' manifests record.
+    await execa('cp', ['-a', '--reflink=auto', join(TEST_CACHE_DIR, entry), join(cacheDir, entry)]);
+  }
 }
