@@ -17,7 +17,7 @@
 import type { Dirent } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
-import { DomuError, InputError } from './errors.js';
+import { DomuError, InputError } from '../core/errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Values and the parsed file

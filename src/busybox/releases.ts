@@ -1,7 +1,7 @@
 // The table of known busybox releases, read from busybox-config/releases.hash.
 import { readFileSync } from 'node:fs';
-import { SHA256_RE } from './hash.js';
-import { projectPath } from './paths.js';
+import { SHA256_RE } from '../core/hash.js';
+import { projectPath } from '../core/paths.js';
 
 export const RELEASES_FILE = projectPath('busybox-config', 'releases.hash');
 

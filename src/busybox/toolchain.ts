@@ -4,9 +4,9 @@
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { tempPathFor } from './atomic.js';
-import { DomuError, InputError } from './errors.js';
-import { run, type ExecEnv } from './exec.js';
+import { tempPathFor } from '../core/atomic.js';
+import { DomuError, InputError } from '../core/errors.js';
+import { run, type ExecEnv } from '../core/exec.js';
 
 export type Libc = 'glibc' | 'musl';
 

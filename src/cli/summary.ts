@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import type { Plan } from '../pipeline/plan.js';
 import type { ModuleSet } from '../stages/modules.js';
 import type { StageRecord } from '../pipeline/run.js';
-import { DOMU_VERSION } from './version.js';
+import { DOMU_VERSION } from '../core/version.js';
 
 export interface Summary {
   ok: boolean;

@@ -3,7 +3,7 @@
 // beside it and renamed into place when complete, so a crash never leaves a half entry that a
 // later run would trust. Two producers of the same key race harmlessly: the first rename wins.
 //
-// An entry carries a manifest (src/lib/manifest.ts) written before the rename, and a lookup
+// An entry carries a manifest (src/core/manifest.ts) written before the rename, and a lookup
 // proves the entry against it; an entry that fails (a file truncated, removed, added or changed,
 // a symlink changed, the manifest missing or garbled) is never used: it is renamed aside to a
 // `.tmp-` name (swept like any temporary), removed, the caller is told why in one warning, and
@@ -12,9 +12,9 @@
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { renameDirInto, sweepTemps, tempPathFor } from '../lib/atomic.js';
-import { faultPoint } from '../lib/fault.js';
-import { hasManifest, verifyByHash, verifyByStat, writeManifest, type VerifyResult } from '../lib/manifest.js';
+import { renameDirInto, sweepTemps, tempPathFor } from './atomic.js';
+import { faultPoint } from './fault.js';
+import { hasManifest, verifyByHash, verifyByStat, writeManifest, type VerifyResult } from './manifest.js';
 
 const exists = (p: string) => stat(p).then(() => true, () => false);
 

@@ -1,9 +1,9 @@
 // The cleanup registry: every mount, loop device, temp file and child a stage creates is
 // registered here and undone innermost-first (LIFO) on failure, SIGINT or SIGTERM.
 import { rm } from 'node:fs/promises';
-import { errorMessage } from '../lib/errors.js';
-import type { Logger } from '../lib/log.js';
-import { activeJournal, type JournalResource } from '../lib/journal.js';
+import { errorMessage } from './errors.js';
+import type { Logger } from './log.js';
+import { activeJournal, type JournalResource } from './journal.js';
 
 export interface CleanupEntry {
   label: string;

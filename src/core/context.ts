@@ -1,8 +1,8 @@
 // What a stage gets to work with (design.md, "Stage contract"). No listr2 and no CLI here.
 import type { Cache } from './cache.js';
 import type { CleanupRegistry } from './cleanup.js';
-import type { ExecEnv } from '../lib/exec.js';
-import type { Logger } from '../lib/log.js';
+import type { ExecEnv } from './exec.js';
+import type { Logger } from './log.js';
 
 export interface StageContext extends ExecEnv {
   /** The run's work directory (build logs, scratch space); kept after the run. */

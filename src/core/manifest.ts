@@ -1,5 +1,5 @@
 // Cache entry manifests: what an entry held when it was stored, so that a lookup can prove the
-// entry is still exactly that (src/pipeline/cache.ts decides when each proof is used).
+// entry is still exactly that (src/core/cache.ts decides when each proof is used).
 //
 // `.domu-manifest.json` lists every directory, file and symlink under the entry (relative path,
 // type, permission bits, mtime; size and sha256 of files; targets of symlinks). It is written in

@@ -4,9 +4,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { DomuError } from './errors.js';
-import { run, type ExecEnv } from './exec.js';
-import { sha256File } from './hash.js';
+import { DomuError } from '../core/errors.js';
+import { run, type ExecEnv } from '../core/exec.js';
+import { sha256File } from '../core/hash.js';
 
 export interface AptSourceEntry {
   uris: string[];

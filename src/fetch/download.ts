@@ -7,10 +7,10 @@ import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import http, { STATUS_CODES, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { dirname } from 'node:path';
-import { tempPathFor } from './atomic.js';
-import { abortError, DomuError, errorMessage } from './errors.js';
-import { SHA256_RE } from './hash.js';
-import type { Logger } from './log.js';
+import { tempPathFor } from '../core/atomic.js';
+import { abortError, DomuError, errorMessage } from '../core/errors.js';
+import { SHA256_RE } from '../core/hash.js';
+import type { Logger } from '../core/log.js';
 
 export interface DownloadOptions {
   url: string;

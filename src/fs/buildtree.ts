@@ -1,7 +1,7 @@
 // A private, writable copy of a (read-only, cached) source tree to build in.
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { run, type ExecEnv } from './exec.js';
+import { run, type ExecEnv } from '../core/exec.js';
 
 /** Copy `src` to `dest` (which must not exist) keeping modes, links and times. */
 export async function copyTree(env: ExecEnv, src: string, dest: string): Promise<void> {

@@ -16,7 +16,7 @@ import { lstat, readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { DomuError, errorMessage } from './errors.js';
+import { DomuError, errorMessage } from '../core/errors.js';
 
 export type CpioEntry =
   | { type: 'dir'; path: string; mode?: number }

@@ -2,7 +2,7 @@
 //   path type mode uid gid major minor      e.g. /dev/console c 0600 0 0 5 1
 // `#` starts a comment (to the end of the line); blank lines are ignored. The rootfs stage cannot
 // create nodes without privileges, so the table travels as data to the image stage.
-import { InputError } from './errors.js';
+import { InputError } from '../core/errors.js';
 
 /** A device node to create in the guest (the image stage and debugfs take this shape). */
 export interface DeviceSpec {

@@ -5,8 +5,8 @@ import type { DeviceSpec } from './devtable.js';
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { abortError, DomuError, errorMessage } from './errors.js';
-import { ExecError, run, type ExecEnv } from './exec.js';
+import { abortError, DomuError, errorMessage } from '../core/errors.js';
+import { ExecError, run, type ExecEnv } from '../core/exec.js';
 
 const E2FS_HINT = 'install e2fsprogs (apt-get install e2fsprogs)';
 

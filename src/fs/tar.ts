@@ -32,9 +32,9 @@ import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import unbzip2 from 'unbzip2-stream';
-import { tempPathFor } from './atomic.js';
-import { abortError, AbortedError, DomuError, errorMessage } from './errors.js';
-import { ExecError, spawnStream, which, type ExecEnv, type StreamChild } from './exec.js';
+import { tempPathFor } from '../core/atomic.js';
+import { abortError, AbortedError, DomuError, errorMessage } from '../core/errors.js';
+import { ExecError, spawnStream, which, type ExecEnv, type StreamChild } from '../core/exec.js';
 
 export type Decompressor = 'native' | 'js';
 

@@ -8,7 +8,7 @@
 // nothing is a warning, as with modprobe). The order is topological: pre-softdeps and depends
 // of a module come before it, post-softdeps after it.
 import { join } from 'node:path';
-import { DomuError, InputError } from './errors.js';
+import { DomuError, InputError } from '../core/errors.js';
 import type { ModuleInfo } from './modinfo.js';
 import { normalizeModuleName, resolveAlias, type ModuleIndex } from './modindex.js';
 

@@ -4,7 +4,7 @@
 // the file's size: a truncated or corrupt file gives a DomuError naming the file, never a
 // RangeError or garbage.
 import { readFile } from 'node:fs/promises';
-import { DomuError, errorMessage } from './errors.js';
+import { DomuError, errorMessage } from '../core/errors.js';
 
 export const ET_NONE = 0;
 export const ET_REL = 1;

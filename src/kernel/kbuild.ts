@@ -12,10 +12,10 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { access, constants, cp, lstat, mkdir, mkdtemp, readdir, readFile, readlink, realpath, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
-import type { StageContext } from '../pipeline/context.js';
-import { candidatePackage, dependsNames, sourcePackageOf, type CandidatePackage } from './apt.js';
-import { DomuError, InputError } from './errors.js';
-import { ExecError, run, which } from './exec.js';
+import type { StageContext } from '../core/context.js';
+import { candidatePackage, dependsNames, sourcePackageOf, type CandidatePackage } from '../fetch/apt.js';
+import { DomuError, InputError } from '../core/errors.js';
+import { ExecError, run, which } from '../core/exec.js';
 import { fetchDebsIntoCache, settleAll, type Deb } from './kernel.js';
 import { readModinfo, type ModuleInfo } from './modinfo.js';
 

@@ -6,13 +6,13 @@
 // fetchKernelHeaders (kbuild.ts) uses the same fetchDebsIntoCache.
 import { mkdtemp, open, readdir, readFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { StageContext } from '../pipeline/context.js';
-import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackages, makePrivateApt, verifyDebs, type CandidatePackage, type PrivateApt } from './apt.js';
-import { writeFileAtomic } from './atomic.js';
-import { DomuError, errorMessage } from './errors.js';
-import { run } from './exec.js';
-import { sha256FileSync } from './hash.js';
-import { manifestFileSha256 } from './manifest.js';
+import type { StageContext } from '../core/context.js';
+import { aptUpdate, candidatePackage, candidateVersion, dependsNames, downloadPackages, makePrivateApt, verifyDebs, type CandidatePackage, type PrivateApt } from '../fetch/apt.js';
+import { writeFileAtomic } from '../core/atomic.js';
+import { DomuError, errorMessage } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { sha256FileSync } from '../core/hash.js';
+import { manifestFileSha256 } from '../core/manifest.js';
 
 /**
  * The kernel release (e.g. `6.1.0-41-amd64`) from an x86 bzImage's setup header: boot flag

@@ -14,11 +14,11 @@ import { readdirSync, statSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
-import { DomuError, errorMessage } from './errors.js';
-import type { ExecEnv } from './exec.js';
-import { sha256 } from './hash.js';
+import { DomuError, errorMessage } from '../core/errors.js';
+import type { ExecEnv } from '../core/exec.js';
+import { sha256 } from '../core/hash.js';
 import { moduleNameOf, readModinfo } from './modinfo.js';
-import type { Cache } from '../pipeline/cache.js';
+import type { Cache } from '../core/cache.js';
 
 /** Bump when the index format or the way it is built changes. */
 export const MODULE_INDEX_VERSION = 1;

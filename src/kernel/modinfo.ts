@@ -10,9 +10,9 @@ import { basename } from 'node:path';
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
 import { modinfoFields, parseElf, parseModinfo } from './elf.js';
-import { DomuError, errorMessage } from './errors.js';
-import { ExecError, spawnStream, type ExecEnv } from './exec.js';
-import type { Logger } from './log.js';
+import { DomuError, errorMessage } from '../core/errors.js';
+import { ExecError, spawnStream, type ExecEnv } from '../core/exec.js';
+import type { Logger } from '../core/log.js';
 
 export interface ModuleInfo {
   file: string;

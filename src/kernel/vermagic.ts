@@ -3,7 +3,7 @@
 // from its own ("Invalid module format"). Checked here, before anything reaches the guest.
 // The reference lab's "modinfo shows no dependencies" check is the other half: depends= is what
 // the closure follows, so a module with an empty depends= simply has a closure of one.
-import { DomuError } from './errors.js';
+import { DomuError } from '../core/errors.js';
 import type { ClosureModule } from './closure.js';
 
 export interface VermagicVerdict {

@@ -4,8 +4,8 @@
 // Written last, atomically, only after every stage succeeded; paths are relative to --out.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../lib/atomic.js';
-import { hashValue } from '../lib/hash.js';
+import { writeFileAtomic } from '../core/atomic.js';
+import { hashValue } from '../core/hash.js';
 import type { Description } from './schema.js';
 
 export const BUILD_RECORD = 'build.json';

@@ -2,9 +2,9 @@
 // Every problem is reported with where it was written: `file:line:col: key.path: message` for the
 // file, `flag --set key=value: key.path: message` for a flag. Sync and light (zod + yaml only), so
 // a bad description fails in milliseconds, before anything runs.
-import { readTextLimited, TooLargeError } from '../lib/textfile.js';
+import { readTextLimited, TooLargeError } from '../core/textfile.js';
 import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
-import { InputError } from '../lib/errors.js';
+import { InputError } from '../core/errors.js';
 import { allowedKeys, DEFAULTS, descriptionSchema, SECTIONS, type Description } from './schema.js';
 
 export type { Description } from './schema.js';

@@ -3,8 +3,8 @@
 // its default, so `descriptionSchema.parse({})` is the lab. Messages here say what was expected and
 // what was given; where it was given (file:line:col or flag) is added by description.ts.
 import { z } from 'zod';
-import { formatSize, parseSize } from '../lib/size.js';
-import { CONFIG_UNSAFE } from '../lib/xencfg.js';
+import { formatSize, parseSize } from '../core/size.js';
+import { CONFIG_UNSAFE } from '../xen/xencfg.js';
 
 const MiB = 2 ** 20;
 const MIN_IMAGE_BYTES = 16 * MiB;

@@ -9,10 +9,10 @@ import type { ModulesOutput, ModuleSet } from '../stages/modules.js';
 import type { RootfsOutput } from '../stages/rootfs.js';
 import type { SourceOutput } from '../stages/source.js';
 import type { XenConfigsOutput } from '../stages/xenconfigs.js';
-import type { PublishOutput } from '../lib/publish.js';
+import type { PublishOutput } from '../store/publish.js';
 import type { PipelineStage } from './run.js';
-import type { Description } from './schema.js';
-import type { BuildRecord } from './buildrecord.js';
+import type { Description } from '../model/schema.js';
+import type { BuildRecord } from '../model/buildrecord.js';
 
 export interface PlanFlags {
   strictVersion?: boolean;

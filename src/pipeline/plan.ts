@@ -1,11 +1,11 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2): each task
 // builder (src/pipeline/tasks/) checks its inputs when it is called, before any stage runs.
-import { InputError } from '../lib/errors.js';
+import { InputError } from '../core/errors.js';
 import { modulesStage, resolveModules } from '../stages/modules.js';
 import type { Plan, PlanFlags, PlanState } from './plan-types.js';
 import type { PipelineStage } from './run.js';
-import type { Description } from './schema.js';
+import type { Description } from '../model/schema.js';
 import { compileTask, extractTask, kconfigTask, sourceTask } from './tasks/busybox.js';
 import { imageTask, rootfsTask } from './tasks/image.js';
 import { checkRamdisk, headersFor, initramfsTask, kernelTask, moduleNames, moduleSources, modulesTask } from './tasks/kernel.js';

@@ -35,17 +35,17 @@ import {
   runDebugfs,
   sha256Sparse,
   type FsLayout,
-} from '../lib/e2fs.js';
-import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { run, type ExecEnv } from '../lib/exec.js';
-import { formatSize } from '../lib/size.js';
-import { tempPathFor } from '../lib/atomic.js';
-import type { DeviceSpec } from '../lib/devtable.js';
-import type { JournalResource } from '../lib/journal.js';
-import { faultPoint } from '../lib/fault.js';
-import { detachLoops, unmountIfMounted } from '../lib/mounts.js';
-import { findNoSpace, fsState, noSpaceError } from '../lib/stage-errors.js';
-import type { StageContext } from '../pipeline/context.js';
+} from '../fs/e2fs.js';
+import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { run, type ExecEnv } from '../core/exec.js';
+import { formatSize } from '../core/size.js';
+import { tempPathFor } from '../core/atomic.js';
+import type { DeviceSpec } from '../fs/devtable.js';
+import type { JournalResource } from '../core/journal.js';
+import { faultPoint } from '../core/fault.js';
+import { detachLoops, unmountIfMounted } from '../core/mounts.js';
+import { findNoSpace, fsState, noSpaceError } from '../core/stage-errors.js';
+import type { StageContext } from '../core/context.js';
 
 /** A device node to create in the image. */
 export type DeviceNode = DeviceSpec;

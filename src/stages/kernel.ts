@@ -9,9 +9,9 @@
 import { stat } from 'node:fs/promises';
 import { release as osRelease } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { InputError } from '../lib/errors.js';
-import { fetchKernelPackage, kernelReleaseFromImage } from '../lib/kernel.js';
-import type { StageContext } from '../pipeline/context.js';
+import { InputError } from '../core/errors.js';
+import { fetchKernelPackage, kernelReleaseFromImage } from '../kernel/kernel.js';
+import type { StageContext } from '../core/context.js';
 
 export interface KernelInput {
   /** `auto` or an absolute path of a bzImage. */

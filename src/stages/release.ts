@@ -21,15 +21,15 @@ import { chmod, copyFile, lstat, mkdir, open, readdir, readFile, rename, rm, sta
 import { basename, join, posix } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pack as tarPack, type Header } from 'tar-stream';
-import { sweepTemps, tempPathFor } from '../lib/atomic.js';
-import { sha256Sparse } from '../lib/e2fs.js';
-import { DomuError } from '../lib/errors.js';
-import { findNoSpace, noSpaceError } from '../lib/stage-errors.js';
-import { commandLine, run, type ExecEnv } from '../lib/exec.js';
-import { checkHeader } from '../lib/genheader.js';
-import { sha256, sha256File } from '../lib/hash.js';
-import { BUILD_RECORD, buildHashOf, readBuildRecord, type ArtifactRecord, type BuildRecord } from '../pipeline/buildrecord.js';
-import type { StageContext } from '../pipeline/context.js';
+import { sweepTemps, tempPathFor } from '../core/atomic.js';
+import { sha256Sparse } from '../fs/e2fs.js';
+import { DomuError } from '../core/errors.js';
+import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
+import { commandLine, run, type ExecEnv } from '../core/exec.js';
+import { checkHeader } from '../store/genheader.js';
+import { sha256, sha256File } from '../core/hash.js';
+import { BUILD_RECORD, buildHashOf, readBuildRecord, type ArtifactRecord, type BuildRecord } from '../model/buildrecord.js';
+import type { StageContext } from '../core/context.js';
 
 export const RELEASE_FORMAT = 'domu-release/1';
 export const MANIFEST = 'manifest.json';

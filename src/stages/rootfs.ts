@@ -12,12 +12,12 @@ import { constants } from 'node:fs';
 import { chmod, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import Handlebars from 'handlebars';
-import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../lib/devtable.js';
-import { abortError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { run } from '../lib/exec.js';
-import { sha256, sha256File } from '../lib/hash.js';
-import type { StageContext } from '../pipeline/context.js';
-import type { Description } from '../pipeline/schema.js';
+import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../fs/devtable.js';
+import { abortError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { sha256, sha256File } from '../core/hash.js';
+import type { StageContext } from '../core/context.js';
+import type { Description } from '../model/schema.js';
 
 /** Bump when what the stage produces for the same inputs changes (layout, modes, hash format). */
 export const ROOTFS_VERSION = 1;

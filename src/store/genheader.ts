@@ -8,7 +8,7 @@
 //   <content>
 //
 // Markdown files use `<!-- … -->` lines instead of `#`.
-import { sha256 } from './hash.js';
+import { sha256 } from '../core/hash.js';
 
 export type CommentStyle = '#' | 'html';
 

@@ -20,14 +20,14 @@
 import { constants } from 'node:fs';
 import { access, type FileHandle, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
-import type { StageContext } from '../pipeline/context.js';
-import { isTempName, tempPathFor, TEMP_MARK } from './atomic.js';
-import { dataRanges } from './e2fs.js';
-import { abortError, DomuError, errorMessage, InputError } from './errors.js';
+import type { StageContext } from '../core/context.js';
+import { isTempName, tempPathFor, TEMP_MARK } from '../core/atomic.js';
+import { dataRanges } from '../fs/e2fs.js';
+import { abortError, DomuError, errorMessage, InputError } from '../core/errors.js';
 import { checkHeader } from './genheader.js';
-import { findNoSpace, NoSpaceError, noSpaceError } from './stage-errors.js';
-import { faultPoint } from './fault.js';
-import { isMountPoint as isListedMount } from './mounts.js';
+import { findNoSpace, NoSpaceError, noSpaceError } from '../core/stage-errors.js';
+import { faultPoint } from '../core/fault.js';
+import { isMountPoint as isListedMount } from '../core/mounts.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath, writeNewFileDurable } from './storelock.js';
 
 export interface PublishInput {

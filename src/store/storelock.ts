@@ -14,9 +14,9 @@ import { hostname } from 'node:os';
 import { link, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { tempPathFor } from './atomic.js';
-import { abortError, DomuError } from './errors.js';
-import type { Logger } from './log.js';
+import { tempPathFor } from '../core/atomic.js';
+import { abortError, DomuError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
 
 export const LOCK_NAME = '.domu-publish.lock';
 const TAKEOVER_SUFFIX = '.takeover';

@@ -9,11 +9,11 @@ import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { release as hostRelease } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
-import type { Cache } from '../pipeline/cache.js';
-import type { CleanupRegistry } from '../pipeline/cleanup.js';
-import { abortError, DomuError } from './errors.js';
-import { commandLine, dyingWithUs, run, which, type ExecEnv } from './exec.js';
-import { hashValue } from './hash.js';
+import type { Cache } from '../core/cache.js';
+import type { CleanupRegistry } from '../core/cleanup.js';
+import { abortError, DomuError } from '../core/errors.js';
+import { commandLine, dyingWithUs, run, which, type ExecEnv } from '../core/exec.js';
+import { hashValue } from '../core/hash.js';
 
 export const QEMU = 'qemu-system-x86_64';
 export type Accel = 'tcg' | 'kvm';

@@ -7,7 +7,7 @@
 //     `#` and control characters. The schema already refuses them at plan time; this is the last
 //     line of defence and names the key.
 import { createHash } from 'node:crypto';
-import { InputError } from './errors.js';
+import { InputError } from '../core/errors.js';
 
 /** What no value written into a generated config may contain (the schema checks it at plan time). */
 export const CONFIG_UNSAFE = /["'\\#\x00-\x1f\x7f]/;

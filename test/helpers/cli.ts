@@ -1,6 +1,6 @@
 // Run the real `domu` CLI (from src/, through tsx) as a child process.
 import { execa, type ResultPromise } from 'execa';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 export interface CliResult {
   exitCode: number;

@@ -2,9 +2,9 @@
 // fetchKernelPackage into the cache shared by the test files of one machine, so that the
 // ~70 MB package is downloaded once per machine (and apt runs at most once a day). Its headers
 // (linux-headers-<release> with -common and linux-kbuild, ~15 MB) likewise, for kbuild tests.
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import { fetchKernelHeaders, type KernelHeaders } from '../../src/lib/kbuild.js';
-import { fetchKernelPackage, type KernelPackage } from '../../src/lib/kernel.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
+import { fetchKernelHeaders, type KernelHeaders } from '../../src/kernel/kbuild.js';
+import { fetchKernelPackage, type KernelPackage } from '../../src/kernel/kernel.js';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
 import { sharedStageContext } from './context.js';
 

@@ -2,19 +2,19 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { tempPathFor } from '../../lib/atomic.js';
-import { InputError } from '../../lib/errors.js';
-import { sha256File } from '../../lib/hash.js';
-import { readBuildRecord } from '../buildrecord.js';
+import { tempPathFor } from '../../core/atomic.js';
+import { InputError } from '../../core/errors.js';
+import { sha256File } from '../../core/hash.js';
+import { readBuildRecord } from '../../model/buildrecord.js';
 import { currentImage, imageKey } from '../uptodate.js';
 import { imageStage, type StagedFiles } from '../../stages/image.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
-import { parseDeviceTable } from '../../lib/devtable.js';
+import { parseDeviceTable } from '../../fs/devtable.js';
 import type { BootFiles } from '../../stages/xenconfigs.js';
 import type { PipelineStage } from '../run.js';
-import type { StageContext } from '../context.js';
-import { DEFAULTS, type Description } from '../schema.js';
+import type { StageContext } from '../../core/context.js';
+import { DEFAULTS, type Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { resolveDataPath } from './busybox.js';
 

@@ -2,9 +2,9 @@
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
-import { checkStore, publish } from '../../lib/publish.js';
+import { checkStore, publish } from '../../store/publish.js';
 import type { PipelineStage } from '../run.js';
-import type { Description } from '../schema.js';
+import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { bootNames } from './image.js';
 
