@@ -4,18 +4,15 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { activeJournal } from './journal.js';
+import { isTempName, TEMP_MARK } from './tempname.js';
 
-export const TEMP_MARK = '.tmp-';
+export { isTempName, TEMP_MARK };
 
 /** A fresh temporary path in the same directory as `target` (same file system, so rename is atomic). */
 export function tempPathFor(target: string): string {
   // The run's journal notes the directory, so that a SIGKILLed run's temps are removed by the next.
   activeJournal()?.noteTempDir(dirname(target));
   return join(dirname(target), `${TEMP_MARK}${basename(target)}-${process.pid}-${randomBytes(4).toString('hex')}`);
-}
-
-export function isTempName(name: string): boolean {
-  return name.startsWith(TEMP_MARK);
 }
 
 /**

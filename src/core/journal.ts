@@ -18,7 +18,7 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { isTempName } from './atomic.js';
+import { isTempName } from './tempname.js';
 import { errorMessage } from './errors.js';
 import type { ExecEnv } from './exec.js';
 import { detachLoops, mountPoints, unmountIfMounted } from './mounts.js';
