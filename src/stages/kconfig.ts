@@ -9,16 +9,15 @@ import { runFedBy, run } from '../core/exec.js';
 import { hashValue, sha256 } from '../core/hash.js';
 import {
   emptyConfig,
-  formatMismatches,
   get,
   mergeFragment,
   parseConfig,
-  scanKconfigDeps,
   serializeConfig,
   set,
-  verifyFragment,
   type KConfig,
 } from '../busybox/kconfig.js';
+import { scanKconfigDeps } from '../busybox/kconfig-sources.js';
+import { formatMismatches, verifyFragment } from '../busybox/kconfig-verify.js';
 import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type ToolchainSpec } from '../busybox/toolchain.js';
 import type { StageContext } from '../core/context.js';
 import { verifiedTree } from './extract.js';

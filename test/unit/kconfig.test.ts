@@ -10,23 +10,19 @@ import { run, type ExecEnv } from '../../src/core/exec.js';
 import {
   describe as describeValue,
   emptyConfig,
-  evalExpr,
   formatAssignment,
-  formatExpr,
-  formatMismatches,
   get,
   isOn,
   mergeFragment,
   parseConfig,
-  parseExpr,
   parseFragment,
-  scanKconfigDeps,
   serializeConfig,
   set,
-  verifyFragment,
   type KConfig,
-  type KconfigDeps,
 } from '../../src/busybox/kconfig.js';
+import { evalExpr, formatExpr, parseExpr } from '../../src/busybox/kconfig-expr.js';
+import { scanKconfigDeps, type KconfigDeps } from '../../src/busybox/kconfig-sources.js';
+import { formatMismatches, verifyFragment } from '../../src/busybox/kconfig-verify.js';
 import { memoryLogger } from '../../src/core/log.js';
 import { safeExtract } from '../../src/fs/tar.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
