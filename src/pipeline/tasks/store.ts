@@ -2,7 +2,8 @@
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
-import { checkStore, publish } from '../../store/publish.js';
+import { publish } from '../../store/publish.js';
+import { checkStore } from '../../store/store-check.js';
 import type { PipelineStage } from '../run.js';
 import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
