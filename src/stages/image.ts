@@ -33,9 +33,9 @@ import {
   inodesUsed,
   metadataBlocks,
   runDebugfs,
-  sha256Sparse,
   type FsLayout,
 } from '../fs/e2fs.js';
+import { sha256Sparse } from '../fs/sparse.js';
 import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../core/errors.js';
 import { run, type ExecEnv } from '../core/exec.js';
 import { formatSize } from '../core/size.js';

@@ -22,7 +22,7 @@ import { basename, join, posix } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pack as tarPack, type Header } from 'tar-stream';
 import { sweepTemps, tempPathFor } from '../core/atomic.js';
-import { sha256Sparse } from '../fs/e2fs.js';
+import { sha256Sparse } from '../fs/sparse.js';
 import { DomuError } from '../core/errors.js';
 import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
 import { commandLine, run, type ExecEnv } from '../core/exec.js';

@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { sha256Sparse } from '../../src/fs/e2fs.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
 import { ExecError, run, type ExecEnv } from '../../src/core/exec.js';
 import { explainStageError, NoSpaceError } from '../../src/core/stage-errors.js';
 import { sha256File } from '../../src/core/hash.js';

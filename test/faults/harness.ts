@@ -6,7 +6,7 @@ import { cp, lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { PROJECT_ROOT } from '../../src/core/paths.js';
-import { sha256Sparse } from '../../src/fs/e2fs.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
 import { mountPoints } from '../../src/core/mounts.js';
 import { memoryLogger } from '../../src/core/log.js';
 import { startDomu } from '../helpers/cli.js';

@@ -7,7 +7,7 @@ import { lstat, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node
 import { basename, dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { sha256Sparse } from '../../src/fs/e2fs.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
 import { DomuError, InputError } from '../../src/core/errors.js';
 import { run, type ExecEnv } from '../../src/core/exec.js';
 import { withHeader } from '../../src/store/genheader.js';

@@ -16,11 +16,11 @@ import {
   parseDumpe2fsHeader,
   parseLayout,
   parseLsP,
-  sha256Sparse,
   statInImage,
   UUID_RE,
   type ImageEntry,
 } from '../../src/fs/e2fs.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
 import { AbortedError, DomuError, InputError } from '../../src/core/errors.js';
 import { run, type ExecEnv } from '../../src/core/exec.js';
 import { sha256File } from '../../src/core/hash.js';
