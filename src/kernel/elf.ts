@@ -182,7 +182,7 @@ class Reader {
 }
 
 const decoder = new TextDecoder('utf-8');
-function utf8(bytes: Uint8Array): string {
+export function utf8(bytes: Uint8Array): string {
   return decoder.decode(bytes);
 }
 
@@ -371,33 +371,4 @@ export async function readElfFile(path: string): Promise<ElfFile> {
     throw new DomuError(`${path}: cannot read: ${errorMessage(e)}`, { cause: e });
   }
   return parseElf(buf, path);
-}
-
-export interface ModinfoEntry {
-  key: string;
-  value: string;
-}
-
-/** The `key=value` entries of a kernel module's .modinfo section, in order; keys may repeat. */
-export function parseModinfo(data: Uint8Array): ModinfoEntry[] {
-  const out: ModinfoEntry[] = [];
-  let start = 0;
-  while (start < data.length) {
-    let end = data.indexOf(0, start);
-    if (end < 0) end = data.length;
-    if (end > start) {
-      const text = utf8(data.subarray(start, end));
-      const eq = text.indexOf('=');
-      out.push(eq < 0 ? { key: text, value: '' } : { key: text.slice(0, eq), value: text.slice(eq + 1) });
-    }
-    start = end + 1;
-  }
-  return out;
-}
-
-/** Modinfo entries grouped by key, values in order: { alias: ['a', 'b'], license: ['GPL'] }. */
-export function modinfoFields(entries: readonly ModinfoEntry[]): Record<string, string[]> {
-  const out: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
-  for (const { key, value } of entries) (out[key] ??= []).push(value);
-  return out;
 }

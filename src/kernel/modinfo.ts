@@ -9,7 +9,7 @@ import { access, constants, readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
-import { modinfoFields, parseElf, parseModinfo } from './elf.js';
+import { parseElf, utf8 } from './elf.js';
 import { DomuError, errorMessage } from '../core/errors.js';
 import { ExecError, spawnStream, type ExecEnv } from '../core/exec.js';
 import type { Logger } from '../core/log.js';
@@ -140,4 +140,36 @@ export async function readModinfo(path: string, env: ExecEnv = defaultEnv()): Pr
   const section = elf.section('.modinfo');
   if (!section) throw new DomuError(`${path}: no .modinfo section (not a kernel module?)`);
   return moduleInfoFromSection(path, section);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The .modinfo section: NUL-separated `key=value` strings
+
+export interface ModinfoEntry {
+  key: string;
+  value: string;
+}
+
+/** The `key=value` entries of a kernel module's .modinfo section, in order; keys may repeat. */
+export function parseModinfo(data: Uint8Array): ModinfoEntry[] {
+  const out: ModinfoEntry[] = [];
+  let start = 0;
+  while (start < data.length) {
+    let end = data.indexOf(0, start);
+    if (end < 0) end = data.length;
+    if (end > start) {
+      const text = utf8(data.subarray(start, end));
+      const eq = text.indexOf('=');
+      out.push(eq < 0 ? { key: text, value: '' } : { key: text.slice(0, eq), value: text.slice(eq + 1) });
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+/** Modinfo entries grouped by key, values in order: { alias: ['a', 'b'], license: ['GPL'] }. */
+export function modinfoFields(entries: readonly ModinfoEntry[]): Record<string, string[]> {
+  const out: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
+  for (const { key, value } of entries) (out[key] ??= []).push(value);
+  return out;
 }

@@ -15,9 +15,7 @@ import {
   ET_DYN,
   ET_EXEC,
   ET_REL,
-  modinfoFields,
   parseElf,
-  parseModinfo,
   PT_DYNAMIC,
   PT_INTERP,
   PT_LOAD,
@@ -28,6 +26,7 @@ import {
   SHT_STRTAB,
   type ElfFile,
 } from '../../src/kernel/elf.js';
+import { modinfoFields, parseModinfo } from '../../src/kernel/modinfo.js';
 import { tempDir, mulberry32 } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
