@@ -4,7 +4,8 @@
 import { resolve } from 'node:path';
 import { DOMU_VERSION } from '../../core/version.js';
 import { hashValue } from '../../core/hash.js';
-import { checkBuild, writeRelease, type CheckedBuild } from '../../stages/release.js';
+import { writeRelease } from '../../stages/release.js';
+import { checkBuild, type CheckedBuild } from '../../stages/release-check.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
 import type { Description } from '../../model/schema.js';
