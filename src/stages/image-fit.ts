@@ -177,7 +177,6 @@ function niceSize(n: number): number {
   return roundUp(n, 256 * MiB);
 }
 
-
 /** tmpfs: mke2fs's zeroing of the journal punches holes there instead of allocating (no ZERO_RANGE). */
 const TMPFS_MAGIC = 0x01021994;
 

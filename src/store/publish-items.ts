@@ -51,7 +51,6 @@ export interface Item {
 /** Largest text file we read to look for a header. */
 export const MAX_TEXT = 4 << 20;
 
-
 function checkRel(rel: string): string {
   const n = normalize(rel);
   if (!rel || isAbsolute(rel) || n === '.' || n.split(sep).includes('..') || isTempName(n.split(sep).pop()!) || n === LOCK_NAME) {

@@ -119,4 +119,10 @@ describe('the floors of src/', () => {
     expect(cycles(graph)).toEqual([]);
   });
 
+  it('has no source file over 400 lines', () => {
+    const long = files
+      .map((f) => ({ file: rel(f), lines: readFileSync(f, 'utf8').split('\n').length - 1 }))
+      .filter((x) => x.lines > 400);
+    expect(long).toEqual([]);
+  });
 });

@@ -11,7 +11,8 @@ import { run, type ExecEnv } from '../../src/core/exec.js';
 import { memoryLogger } from '../../src/core/log.js';
 import { projectPath } from '../../src/core/paths.js';
 import { DEFAULTS } from '../../src/model/schema.js';
-import { listTree, rootfsStage, type RootfsInput, type RootfsOutput } from '../../src/stages/rootfs.js';
+import { rootfsStage, type RootfsInput, type RootfsOutput } from '../../src/stages/rootfs.js';
+import { listTree } from '../../src/stages/rootfs-tree.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };
