@@ -15,7 +15,6 @@ export interface Summary {
   warnings: { stage: string; message: string }[];
   versions: Record<string, unknown>;
   busybox?: Record<string, unknown>;
-  notYetAvailable?: string[];
   image?: Record<string, unknown>;
   kernel?: Record<string, unknown>;
   modules?: ModuleReport;
@@ -96,7 +95,6 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
     ...(plan.state.published ? { published: { ...plan.state.published } } : {}),
     ...(plan.state.record ? artifactsOf(plan) : {}),
-    ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
 }
@@ -169,9 +167,6 @@ export function formatSummary(sum: Summary): string {
     lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
   }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
-  if (sum.notYetAvailable?.length) {
-    lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')}${img ? '' : ' — no image was built'}`);
-  }
   if (sum.log) lines.push(`log: ${sum.log}`);
   return lines.join('\n');
 }

@@ -38,10 +38,6 @@ export function abortError(signal: AbortSignal): AbortedError {
   return signal.reason instanceof AbortedError ? signal.reason : new AbortedError();
 }
 
-export function isDomuError(e: unknown): e is DomuError {
-  return e instanceof DomuError;
-}
-
 const FS_REASONS: Record<string, string> = {
   EACCES: 'permission denied',
   EPERM: 'operation not permitted',

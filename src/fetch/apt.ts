@@ -72,10 +72,6 @@ export function systemDebianEntries(etc = '/etc/apt'): AptSourceEntry[] {
   return entries.filter(isDebian);
 }
 
-export function renderDebSrc(entries: AptSourceEntry[]): string {
-  return renderSources(entries, 'deb-src');
-}
-
 /** deb822 sources text of `type` (binary `deb` or source `deb-src`) for the given entries. */
 export function renderSources(entries: AptSourceEntry[], type: AptSourceType): string {
   return entries

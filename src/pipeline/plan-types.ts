@@ -73,8 +73,6 @@ export interface Plan {
   description: Description;
   stages: PipelineStage[];
   state: PlanState;
-  /** Stages of the designed pipeline that this version does not have yet. */
-  notYetAvailable: string[];
   /**
    * The output directory this run writes or reads as a whole: the run holds its lock
    * (`out/.domu.lock`) from start to end, so two runs on one --out take turns.

@@ -17,8 +17,6 @@ export { COMPAT_HEADER, resolveDataPath, sourceInput } from './tasks/busybox.js'
 export { bootNames } from './tasks/image.js';
 export { RAMDISK_MODULES } from './tasks/kernel.js';
 
-export const LATER_STAGES: string[] = [];
-
 /** `domu configs`: the kernel's release (for boot/ names, when shipped), then the configs. */
 export function planConfigs(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
@@ -29,12 +27,12 @@ export function planConfigs(description: Description, flags: PlanFlags): Plan {
     xenConfigsTask(description, flags, state),
   ];
   if (flags.publish) stages.push(publishTask(description, flags, state, 'configs'));
-  return { command: 'configs', description, state, stages, notYetAvailable: [], ...outLock(flags, true) };
+  return { command: 'configs', description, state, stages, ...outLock(flags, true) };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
-  return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
+  return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)] };
 }
 
 export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs'] as const;
@@ -58,7 +56,7 @@ export function planModules(description: Description, flags: PlanFlags, names: r
       return { cacheHit: set.index.source === 'cached', note: `${set.closure.modules.length} modules: ${set.closure.modules.map((m) => m.name).join(' ')}`, outputs: {} };
     },
   };
-  return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask], notYetAvailable: [] };
+  return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask] };
 }
 
 export function planBuild(description: Description, flags: PlanFlags): Plan {
@@ -94,7 +92,6 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
       ...(last === BUILD_STAGES.length - 1 ? [recordTask(description, flags, state)] : []),
       ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
     ],
-    notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
     ...outLock(flags, true),
   };
 }

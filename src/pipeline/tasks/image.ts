@@ -106,20 +106,6 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
   };
 }
 
-/**
- * Put `src` at `dest` atomically (copy or move to a temp name beside it, then rename). A `dest`
- * that already has the same content is left alone (same inode and mtime: up to date).
- */
-export async function placeFile(ctx: StageContext, src: string, dest: string, move: boolean): Promise<void> {
-  const staged = await stageFiles(ctx, await prepareFiles([{ src, dest, move }]));
-  try {
-    await staged.commit();
-  } catch (e) {
-    await staged.discard();
-    throw e;
-  }
-}
-
 /** A file to put into --out. */
 export interface Placement {
   src: string;

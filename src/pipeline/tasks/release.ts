@@ -47,5 +47,5 @@ export function planRelease(description: Description, flags: PlanFlags, release:
       return { cacheHit: r.status === 'already there', note, outputs: { ...r } };
     },
   };
-  return { command: 'release', description, state: {}, stages: [check, write], notYetAvailable: [], lockOut: { dir: out, create: false } };
+  return { command: 'release', description, state: {}, stages: [check, write], lockOut: { dir: out, create: false } };
 }

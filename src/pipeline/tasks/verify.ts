@@ -66,7 +66,6 @@ export function planVerify(_description: Description, flags: PlanFlags, verify: 
     command: 'verify',
     description: record.description,
     state: {},
-    notYetAvailable: [],
     lockOut: { dir: out, create: false },
     stages: [
       {
