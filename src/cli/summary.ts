@@ -162,13 +162,7 @@ export function formatSummary(sum: Summary): string {
     const cfgs = c.files.filter((x) => x.startsWith('xen/'));
     if (cfgs.length <= 12) for (const f of cfgs) lines.push(`  ${f}`);
   }
-  if (sum.published) {
-    const p = sum.published;
-    lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
-  }
-  for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
-  if (sum.log) lines.push(`log: ${sum.log}`);
-  return lines.join('\n');
+  return closingLines(sum, lines);
 }
 
 /** A complete build: every artifact, the substitutions in plain words, whether it was up to date. */
@@ -180,6 +174,11 @@ function formatBuild(sum: Summary, lines: string[]): string {
   if (rows.length < sum.artifacts!.length) lines.push(`  … and ${sum.artifacts!.length - rows.length} more config files (all listed in --json)`);
   for (const t of sum.substitutions ?? []) lines.push(`note: ${t}`);
   if (sum.modules) lines.push(`modules: ${sum.modules.modules.map((m) => m.name).join(' ') || 'none'} (vermagic ${sum.modules.release})`);
+  return closingLines(sum, lines);
+}
+
+/** The last lines of every plain summary: where it was published, the warnings, the log. */
+function closingLines(sum: Summary, lines: string[]): string {
   if (sum.published) {
     const p = sum.published;
     lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
