@@ -73,7 +73,7 @@ export class Run {
     this.cache = new Cache(opts.cacheDir, this.controller.signal, this.runLog.logger('cache'));
   }
 
-  /** Where this run writes, for naming a full file system (lib/stage-errors.ts). */
+  /** Where this run writes, for naming a full file system (core/stage-errors.ts). */
   private get places(): Places {
     return { cacheDir: this.opts.cacheDir, outDir: this.opts.lockOut?.dir };
   }

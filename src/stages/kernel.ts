@@ -3,7 +3,7 @@
 //             other's release (/boot/vmlinuz-<release>, /lib/modules/<release>);
 //   host      both `auto`: the running kernel's /boot/vmlinuz-$(uname -r) and
 //             /lib/modules/$(uname -r), when both exist;
-//   package   otherwise the Debian package kernel.package, fetched into the cache (lib/kernel.ts).
+//   package   otherwise the Debian package kernel.package, fetched into the cache (kernel/kernel.ts).
 // The release is read from the image's bzImage header, never from a file name, and must equal
 // the modules directory's name: a mismatch shows both.
 import { stat } from 'node:fs/promises';

@@ -1,4 +1,4 @@
-// The last step of a build: `out/build.json` (buildrecord.ts), written only when everything else
+// The last step of a build: `out/build.json` (model/buildrecord.ts), written only when everything else
 // succeeded. It also says whether the build changed anything at all ("up to date").
 import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';

@@ -44,7 +44,7 @@ export function storeCheckTask(desc: Description, flags: PlanFlags): PipelineSta
 }
 
 /**
- * --publish: the --out tree into the store (lib/publish.ts: lock, hand-edit check, temp + fsync
+ * --publish: the --out tree into the store (store/publish.ts: lock, hand-edit check, temp + fsync
  * + rename, the previous image kept as .prev). A build publishes the image, boot/ and the
  * configs; `domu configs` the configs only, and warns when they name boot files the store lacks.
  */
