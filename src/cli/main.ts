@@ -186,7 +186,7 @@ function cacheDirOf(o: CommonOpts): string {
 /** Run a plan through the pipeline with signal handling; returns the exit code. */
 async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   const mode = outputMode(o);
-  const run = new Run({ mode, cacheDir: cacheDirOf(o), verbose: o.verbose ?? false, command: plan.command, lockOut: plan.lockOut });
+  const run = new Run({ mode, cacheDir: cacheDirOf(o), verbose: o.verbose ?? false, command: plan.command, lockOut: plan.lockOut, preflight: plan.preflight });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals += 1;
@@ -288,6 +288,10 @@ export function program(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // Past `ulimit -f` the kernel sends SIGXFSZ, whose default action kills domu with no cleanup.
+  // Node ignores it at start, but the first child run through execa (signal-exit) puts the default
+  // back. A listener keeps it handled: the write fails with EFBIG, reported in one line.
+  process.on('SIGXFSZ', () => {});
   try {
     await program().parseAsync(argv);
   } catch (e) {

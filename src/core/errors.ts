@@ -48,17 +48,45 @@ const FS_REASONS: Record<string, string> = {
   EISDIR: 'is a directory',
   ENOENT: 'no such file or directory',
   EEXIST: 'something else is already there (e.g. a file where a directory is needed)',
+  ENAMETOOLONG: 'the name is too long (at most 255 bytes a name, 4095 a path)',
+  ELOOP: 'too many levels of symbolic links (a link that leads back to itself?)',
+  EFBIG: 'the file is too large for its file system (or for ulimit -f)',
+  EMFILE: 'too many open files in this process (ulimit -n)',
+  ENFILE: 'too many open files on this system',
+  ENOTEMPTY: 'the directory is not empty',
+  EBUSY: 'it is busy (a mount point, or a device in use)',
+  ETXTBSY: 'it is a program that is running',
+  ENXIO: 'no such device or address (a socket, or a device without its driver)',
+  ENODEV: 'no such device',
+  EIO: 'input/output error (a failing disk, or a network file system that went away)',
+  ESTALE: 'stale file handle (the network file system changed under it)',
+};
+
+/** Errors that are about the machine even without a path (Node leaves it out for fd operations). */
+const NO_PATH_NEEDED = new Set(['ENOSPC', 'EDQUOT', 'EFBIG', 'EMFILE', 'ENFILE', 'EIO', 'EROFS']);
+
+const FS_HINTS: Record<string, string> = {
+  ENAMETOOLONG: 'use shorter names for --out, --cache-dir and the files the build description names',
+  ELOOP: 'check the symbolic links on that path',
+  EFBIG: 'choose a smaller image.size, or --out on a file system that holds bigger files',
+  EMFILE: 'raise the limit of open files (ulimit -n 4096) and run again',
+  ENFILE: 'close some programs, or raise fs.file-max, and run again',
+  EIO: 'check the disk (dmesg) or the network file system, then run again',
+  ESTALE: 'check the network file system, then run again',
 };
 
 /**
- * A file-system error from Node (EACCES on the cache, ENOTDIR in --out, ...) is about the
- * user's machine, not a bug: one line naming the path, no stack trace. Anything else passes.
+ * A file-system error from Node (EACCES on the cache, ENOTDIR in --out, ENAMETOOLONG, EFBIG...)
+ * is about the user's machine, not a bug: one line naming the path, no stack trace. Anything
+ * else passes.
  */
 export function asDomuError(e: unknown): unknown {
   const err = e as NodeJS.ErrnoException;
-  if (e instanceof DomuError || !(e instanceof Error) || !err.code || !err.path || !(err.code in FS_REASONS)) return e;
-  return new DomuError(`cannot ${err.syscall ?? 'use'} ${err.path}: ${FS_REASONS[err.code]}`, {
-    hint: 'check --out, --cache-dir and the permissions and free space there',
+  if (e instanceof DomuError || !(e instanceof Error) || !err.code || !(err.code in FS_REASONS)) return e;
+  if (!err.path && !(NO_PATH_NEEDED.has(err.code) && err.syscall)) return e;
+  const what = err.path ? `${err.syscall ?? 'use'} ${err.path}` : err.syscall!;
+  return new DomuError(`cannot ${what}: ${FS_REASONS[err.code]}`, {
+    hint: FS_HINTS[err.code] ?? 'check --out, --cache-dir and the permissions and free space there',
     cause: e,
   });
 }

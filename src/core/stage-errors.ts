@@ -12,10 +12,16 @@
 // - the file system's size and free space now (statfs; a stage that removes its partial files
 //   first, as the cache does, shows the space as it is again);
 // - what to do.
+//
+// A file too large for its file system (EFBIG: ext4 holds no file of 16 TiB) or for this
+// process's `ulimit -f` is found the same way and named the same way: the place, the stage, the
+// file system's type, and what to do (a smaller image.size, another file system).
 import { statfsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DomuError, errorMessage } from './errors.js';
+import { exactSize, fileSizeRlimit } from './filesize.js';
+import { mountOf } from './mounts.js';
 
 /** Where a run writes; every field optional (the error's own path is used when nothing matches). */
 export interface Places {
@@ -29,7 +35,7 @@ export interface Places {
   distDir?: string | undefined;
 }
 
-type Role = 'cache' | 'out' | 'store' | 'dist' | 'tmp' | 'other';
+export type Role = 'cache' | 'out' | 'store' | 'dist' | 'tmp' | 'other';
 
 /** A full file system or quota, already explained (one line: place, stage, free space, what to do). */
 export class NoSpaceError extends DomuError {
@@ -47,13 +53,19 @@ export class NoSpaceError extends DomuError {
 
 /** The error to report for `stage` failing with `err` (returned unchanged when nothing is better). */
 export function explainStageError(stage: string, err: unknown, places: Places = {}): unknown {
-  if (err instanceof NoSpaceError) return err;
-  const found = findNoSpace(err);
-  if (!found) return err;
+  if (err instanceof NoSpaceError || err instanceof FileTooBigError) return err;
   const all = knownPlaces(places);
-  const path = found.path ?? defaultPath(stage, all);
-  const where = placeOf(path, all);
-  return noSpaceError({ code: found.code, dir: where.dir, role: where.role, doing: stagePhrase(stage), cause: err });
+  const found = findNoSpace(err);
+  if (found) {
+    const where = placeOf(found.path ?? defaultPath(stage, all), all);
+    return noSpaceError({ code: found.code, dir: where.dir, role: where.role, doing: stagePhrase(stage), cause: err });
+  }
+  const big = findTooBig(err);
+  if (big) {
+    const where = placeOf(big.path ?? defaultPath(stage, all), all);
+    return tooBigError({ dir: where.dir, role: where.role, doing: stagePhrase(stage), cause: err });
+  }
+  return err;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,7 +211,7 @@ export function findNoSpace(err: unknown): Found | undefined {
     // copyfile, rename, link: the destination is where the space was missing.
     const own = typeof o.dest === 'string' ? o.dest : typeof o.path === 'string' ? o.path : undefined;
     if (own && isAbsolute(own)) path ??= own;
-    else textPath ??= pathFromText(text);
+    else textPath ??= pathFromText(text, [NOSPC_TEXT, DQUOT_TEXT]);
   }
   return code ? { code, path: path ?? textPath } : undefined;
 }
@@ -209,9 +221,9 @@ export function findNoSpace(err: unknown): Found | undefined {
  * on the "No space left" line (cp, tar, gcc, dpkg-deb, zstd), else the last absolute path of the
  * command line in our ExecError message (the destination, for cp, mke2fs, zstd -o, dpkg-deb -x).
  */
-function pathFromText(text: string): string | undefined {
+function pathFromText(text: string, res: readonly RegExp[]): string | undefined {
   const lines = text.split('\n');
-  const hit = lines.filter((l) => NOSPC_TEXT.test(l) || DQUOT_TEXT.test(l));
+  const hit = lines.filter((l) => res.some((re) => re.test(l)));
   for (const l of [...hit, ...lines]) {
     const quoted = [...l.matchAll(/['"‘“](\/[^'"’”]+)['"’”]/g)].map((m) => m[1]!);
     const plain = [...l.matchAll(/(?:^|[\s:=(])(\/[^\s:'",()]+)/g)].map((m) => m[1]!);
@@ -273,4 +285,85 @@ function existingDir(path: string): string {
     if (st) return st.isDirectory() ? d : dirname(d);
     if (d === dirname(d)) return path;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A file too large for its file system (EFBIG)
+
+/** A file bigger than its file system (or `ulimit -f`) can hold, already explained in one line. */
+export class FileTooBigError extends DomuError {
+  constructor(
+    message: string,
+    /** The directory named in the message (undefined: unknown). */
+    readonly dir: string | undefined,
+    cause?: unknown,
+  ) {
+    super(message, cause === undefined ? {} : { cause });
+    this.name = 'FileTooBigError';
+  }
+}
+
+/** Also a program that the kernel stopped at `ulimit -f` (children get SIGXFSZ's default action). */
+const FBIG_TEXT = /File too large|\bEFBIG\b|killed by SIGXFSZ/;
+
+/** EFBIG in `err`, its cause chain or a program's stderr ("File too large"); with the path if one is known. */
+export function findTooBig(err: unknown): { path?: string | undefined } | undefined {
+  let found = false;
+  let path: string | undefined;
+  let textPath: string | undefined;
+  const seen = new Set<unknown>();
+  for (let e = err; e !== undefined && e !== null && !seen.has(e) && seen.size < 16; e = (e as { cause?: unknown }).cause) {
+    seen.add(e);
+    const o = e as NodeJS.ErrnoException & { dest?: unknown; stderr?: unknown };
+    const text = `${errorMessage(e)}\n${typeof o.stderr === 'string' ? o.stderr : ''}`;
+    if (o.code !== 'EFBIG' && !FBIG_TEXT.test(text)) continue;
+    found = true;
+    const own = typeof o.dest === 'string' ? o.dest : typeof o.path === 'string' ? o.path : undefined;
+    if (own && isAbsolute(own)) path ??= own;
+    else textPath ??= pathFromText(text, [FBIG_TEXT]);
+  }
+  return found ? { path: path ?? textPath } : undefined;
+}
+
+export interface TooBigInput {
+  /** The directory the file was to go into; undefined when nothing says which. */
+  dir: string | undefined;
+  role?: Role;
+  /** What was being done, e.g. "building the image busybox.img". */
+  doing: string;
+  /** The file's size, when known (the image's image.size). */
+  size?: number;
+  /** The biggest file that fits, when known (probed). */
+  limit?: number;
+  /** Appended after the state, e.g. "the store is unchanged". */
+  note?: string;
+  cause?: unknown;
+}
+
+const TOO_BIG_ADVICE: Record<Role, string> = {
+  cache: 'use --cache-dir on a file system that holds bigger files',
+  out: 'choose a smaller image.size, or use --out on a file system that holds bigger files',
+  store: 'choose a smaller image.size, or a store on a file system that holds bigger files',
+  dist: 'use --dist on a file system that holds bigger files',
+  tmp: 'set TMPDIR to a file system that holds bigger files',
+  other: 'use a file system that holds bigger files',
+};
+
+/** The FileTooBigError for a file that `dir`'s file system (or `ulimit -f`) cannot hold. */
+export function tooBigError(i: TooBigInput): FileTooBigError {
+  const role = i.role ?? 'other';
+  const roleText = ROLE_TEXT[role];
+  const rlimit = fileSizeRlimit();
+  const what = i.size === undefined ? 'a file that large' : `a file of ${exactSize(i.size)}`;
+  let state: string;
+  let advice = TOO_BIG_ADVICE[role];
+  if (rlimit !== undefined && (i.size === undefined || i.size > rlimit) && (i.limit === undefined || i.limit >= rlimit)) {
+    state = `this process may not write ${what} (its file size limit, ulimit -f, is ${exactSize(rlimit)})`;
+    advice = `raise the limit (ulimit -f unlimited) or ${advice}`;
+  } else {
+    const type = i.dir === undefined ? undefined : mountOf(i.dir)?.type;
+    state = `${type ? `its file system (${type})` : 'its file system'} cannot hold ${what}${i.limit === undefined ? '' : ` (the biggest it holds is ${exactSize(i.limit)})`}`;
+  }
+  const message = `file too large for ${i.dir ?? 'a file system'}${roleText ? ` (${roleText})` : ''} while ${i.doing}: ${state}${i.note ? `; ${i.note}` : ''}; ${advice}`;
+  return new FileTooBigError(message, i.dir, i.cause);
 }

@@ -10,7 +10,7 @@ import type { RootfsOutput } from '../stages/rootfs.js';
 import type { SourceOutput } from '../stages/source.js';
 import type { XenConfigsOutput } from '../stages/xenconfigs.js';
 import type { PublishOutput } from '../store/publish.js';
-import type { PipelineStage } from './run.js';
+import type { PipelineStage, PreflightCheck } from './run.js';
 import type { Description } from '../model/schema.js';
 import type { BuildRecord } from '../model/buildrecord.js';
 
@@ -79,4 +79,6 @@ export interface Plan {
    * `create`: the run makes the directory when missing (runs that only read it skip the lock then).
    */
   lockOut?: { dir: string; create: boolean };
+  /** Checks that need --out itself, run before any stage once its lock is held (exit 2 when they fail). */
+  preflight?: PreflightCheck[];
 }

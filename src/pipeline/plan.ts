@@ -7,7 +7,7 @@ import type { Plan, PlanFlags, PlanState } from './plan-types.js';
 import type { PipelineStage } from './run.js';
 import type { Description } from '../model/schema.js';
 import { compileTask, extractTask, kconfigTask, sourceTask } from './tasks/busybox.js';
-import { imageTask, rootfsTask } from './tasks/image.js';
+import { imageFitsCheck, imageTask, rootfsTask } from './tasks/image.js';
 import { checkRamdisk, headersFor, initramfsTask, kernelTask, moduleNames, moduleSources, modulesTask } from './tasks/kernel.js';
 import { publishTask, storeCheckTask, xenConfigsTask } from './tasks/store.js';
 import { recordTask } from './tasks/record.js';
@@ -84,7 +84,7 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
     description,
     state,
     stages: [
-      ...(flags.publish ? [storeCheckTask(description, flags)] : []),
+      ...(flags.publish ? [storeCheckTask(description, flags, description.image.size)] : []),
       ...BUILD_STAGES.slice(0, last + 1).flatMap((n) => {
         const b = builders[n];
         return b ? [b()] : [];
@@ -93,6 +93,8 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
       ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
     ],
     ...outLock(flags, true),
+    // An image.size that --out's file system cannot hold as a file: refused before any stage.
+    ...(last >= BUILD_STAGES.indexOf('image') ? { preflight: [imageFitsCheck(description, flags)] } : {}),
   };
 }
 

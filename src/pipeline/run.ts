@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
 import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../core/errors.js';
 import { faultPoint } from '../core/fault.js';
-import { activeJournal, recoverDeadRuns, RunJournal, setActiveJournal } from '../core/journal.js';
+import { activeJournal, processStart, recoverDeadRuns, RunJournal, setActiveJournal } from '../core/journal.js';
 import { acquireLock, OUT_LOCK } from '../store/storelock.js';
 import type { Logger } from '../core/log.js';
 import { RunLog } from '../core/log.js';
@@ -39,6 +39,13 @@ export interface StageRecord {
   error?: string;
 }
 
+/**
+ * A check of the plan that needs the run: it runs before any stage, once the --out lock is held
+ * (e.g. whether --out's file system can hold an image of image.size, probed there). What it
+ * creates it registers with `cleanup`; an InputError it throws is exit 2, as at plan time.
+ */
+export type PreflightCheck = (env: { cleanup: CleanupRegistry; log: Logger; signal: AbortSignal }) => Promise<void>;
+
 /** tty: listr2's default renderer; plain: timestamped lines; json: plain lines on stderr. */
 export type OutputMode = 'tty' | 'plain' | 'json';
 
@@ -49,6 +56,8 @@ export interface RunOptions {
   command: string;
   /** Hold this directory's lock (out/.domu.lock) for the whole run (see Plan.lockOut). */
   lockOut?: { dir: string; create: boolean } | undefined;
+  /** Checks run before any stage, after the --out lock is taken (see Plan.preflight). */
+  preflight?: PreflightCheck[] | undefined;
 }
 
 /** Another run on the same --out is waited for this long (a compile can take a while). */
@@ -115,6 +124,7 @@ export class Run {
         const release = await acquireLock(out.dir, OUT_LOCK, { timeoutMs: OUT_LOCK_WAIT_MS, log, signal: this.controller.signal, command: `domu ${this.opts.command}` });
         this.cleanup.push(`release the lock of ${out.dir}`, release, { kind: 'lock', path: join(out.dir, OUT_LOCK.file) });
       }
+      for (const check of this.opts.preflight ?? []) await check({ cleanup: this.cleanup, log, signal: this.controller.signal });
     } finally {
       this.runLog.sink = undefined;
     }
@@ -226,9 +236,18 @@ export class Run {
   }
 }
 
+/**
+ * Keep the newest `keep` run directories of finished runs. A directory whose run is still going
+ * (its name ends in a live pid) is never removed: it holds that run's build tree, and runs on one
+ * cache overlap (a compile of minutes, while short runs come and go, lost its tree to them).
+ */
 async function pruneRuns(dir: string, keep: number): Promise<void> {
   const names = (await readdir(dir).catch(() => [] as string[])).sort();
-  for (const n of names.slice(0, Math.max(0, names.length - keep))) await rm(join(dir, n), { recursive: true, force: true });
+  const finished = names.filter((n) => {
+    const pid = Number(/-(\d+)$/.exec(n)?.[1]);
+    return !(pid > 0 && processStart(pid) !== undefined);
+  });
+  for (const n of finished.slice(0, Math.max(0, finished.length - keep))) await rm(join(dir, n), { recursive: true, force: true });
 }
 
 async function isDirectory(p: string): Promise<boolean> {

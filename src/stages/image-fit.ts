@@ -209,12 +209,15 @@ export async function checkFreeSpace(outDir: string, output: string, need: Need,
 export function noSpaceIn(e: unknown, outDir: string): 'ENOSPC' | 'EDQUOT' | undefined {
   if (isImageFull(e)) return undefined;
   const f = findNoSpace(e);
-  if (!f) return undefined;
-  if (f.path !== undefined) {
-    const rel = relative(outDir, resolve(f.path));
-    if (rel.startsWith('..') || rel.startsWith('/')) return undefined;
-  }
+  if (!f || elsewhere(f.path, outDir)) return undefined;
   return f.code;
+}
+
+/** `path` is known and lies outside `dir`. */
+export function elsewhere(path: string | undefined, dir: string): boolean {
+  if (path === undefined) return false;
+  const rel = relative(dir, resolve(path));
+  return rel.startsWith('..') || rel.startsWith('/');
 }
 
 /** The image itself is full (our estimate was short): mke2fs -d / debugfs / cp say so. */

@@ -21,7 +21,7 @@ import { basename, join } from 'node:path';
 import { sweepTemps, tempPathFor } from '../core/atomic.js';
 import { sha256Sparse } from '../fs/sparse.js';
 import { DomuError } from '../core/errors.js';
-import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
+import { findNoSpace, findTooBig, noSpaceError, tooBigError } from '../core/stage-errors.js';
 import { run, type ExecEnv } from '../core/exec.js';
 import { sha256, sha256File } from '../core/hash.js';
 import type { BuildRecord } from '../model/buildrecord.js';
@@ -241,6 +241,7 @@ export async function writeRelease(input: ReleaseInput, ctx: StageContext): Prom
     // A full --dist: one line naming it (the temporary directory goes in `finally`).
     const full = findNoSpace(e);
     if (full) throw noSpaceError({ code: full.code, dir: distDir, role: 'dist', doing: `writing the release ${name}`, note: 'nothing was left behind', cause: e });
+    if (findTooBig(e)) throw tooBigError({ dir: distDir, role: 'dist', doing: `writing the release ${name}`, note: 'nothing was left behind', cause: e });
     throw e;
   } finally {
     await rm(tmp, { recursive: true, force: true });

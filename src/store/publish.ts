@@ -28,7 +28,7 @@ import { abortError, DomuError, errorMessage } from '../core/errors.js';
 import { BLOCK, CHUNK, dataOf, writeNonZero } from '../fs/sparse.js';
 import { checkStore } from './store-check.js';
 import { checkAgainstStore, readSources, refuseEdited, type Item, type PublishInput } from './publish-items.js';
-import { findNoSpace, NoSpaceError, noSpaceError } from '../core/stage-errors.js';
+import { FileTooBigError, findNoSpace, findTooBig, NoSpaceError, noSpaceError, tooBigError } from '../core/stage-errors.js';
 import { faultPoint } from '../core/fault.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath } from './storelock.js';
 
@@ -83,8 +83,11 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
   } catch (e) {
     await temps.removeAll();
     if (ctx.signal.aborted) throw abortError(ctx.signal);
-    const full = e instanceof NoSpaceError ? undefined : findNoSpace(e);
-    throw full ? noSpaceError({ code: full.code, dir: store, role: 'store', doing: 'publishing to the store', cause: e }) : e;
+    if (e instanceof NoSpaceError || e instanceof FileTooBigError) throw e;
+    const full = findNoSpace(e);
+    if (full) throw noSpaceError({ code: full.code, dir: store, role: 'store', doing: 'publishing to the store', cause: e });
+    if (findTooBig(e)) throw tooBigError({ dir: store, role: 'store', doing: 'publishing to the store', note: 'the store is unchanged', cause: e });
+    throw e;
   } finally {
     await release().catch((e: unknown) => ctx.log.warn(`could not release the store lock of ${store}: ${errorMessage(e)}; remove ${join(store, LOCK_NAME)} by hand`));
     dropLock();
@@ -180,6 +183,11 @@ async function stageItems(items: Item[], store: string, ctx: StageContext, temps
     if (full) {
       const need = items.reduce((n, i) => n + i.allocated, 0);
       throw noSpaceError({ code: full.code, dir: store, role: 'store', doing: `publishing ${items.length} file${items.length === 1 ? '' : 's'} to the store`, need, note: 'the store is unchanged', cause: e });
+    }
+    // A file the store's file system cannot hold (EFBIG; the image, as big as image.size).
+    if (findTooBig(e)) {
+      const item = staged[staged.length - 1]?.item;
+      throw tooBigError({ dir: store, role: 'store', doing: `publishing ${item ? item.rel : 'to the store'}`, size: item?.size, note: 'the store is unchanged', cause: e });
     }
     throw e;
   }

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { KernelPackage } from '../../src/kernel/kernel.js';
 import { LOCK_NAME } from '../../src/store/storelock.js';
 import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 import { domu, type CliResult } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
@@ -120,6 +121,8 @@ const sha256 = (b: Uint8Array | string) => createHash('sha256').update(b).digest
 
 interface Prepared {
   args: string[];
+  /** How to run it (default: the CLI as is; e.g. under `prlimit`). */
+  run?: (args: string[]) => Promise<CliResult>;
   /** After the run: assert that nothing was created or changed where it must not; returns what was checked. */
   after?: (r: CliResult) => Promise<string | undefined>;
 }
@@ -144,7 +147,7 @@ async function runCase(task: Parameters<typeof reliability>[0], c: Case): Promis
   const dir = join(root, slug(c.title));
   await mkdir(dir, { recursive: true });
   const p = await c.prepare(dir);
-  const res = await domu(p.args);
+  const res = await (p.run ?? ((a: string[]) => domu(a)))(p.args);
   const f = inspect(res, c.command);
   r.observe(`exit ${f.code}: ${stable(f.message)}`);
   expectCleanFailure(res, c.command, c.exit, c.error);
@@ -946,12 +949,172 @@ describe.concurrent('hostile kernel module trees (domu modules --kernel DIR)', (
 });
 
 // ---------------------------------------------------------------------------------------------
+// 3b. What the machine refuses: an image.size that --out's file system cannot hold as a file
+// (EFBIG), a process file size limit, names too long, symlink loops. Each is refused before any
+// stage runs (the run only takes the --out lock and probes --out), in one line.
+
+/** `domu <args>` under `prlimit --fsize=<bytes>` (ulimit -f), the CLI as test/helpers/cli.ts runs it. */
+function underFileSizeLimit(bytes: number) {
+  return async (args: string[]): Promise<CliResult> => {
+    const r = await execa('prlimit', [`--fsize=${bytes}`, '--', process.execPath, '--import', 'tsx', `${PROJECT_ROOT}/src/cli/main.ts`, ...args], {
+      cwd: PROJECT_ROOT,
+      env: { NODE_OPTIONS: '' },
+      reject: false,
+      stdin: 'ignore',
+    });
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+  };
+}
+
+/**
+ * After a run refused before any stage: no stage line on stderr (only the error, its hint and the
+ * log's path), --out holds nothing, the cache holds only the run's log and an empty journal
+ * directory (nothing left for a later run to undo), and `unchanged` files are as they were.
+ */
+async function refusedBeforeStages(r: CliResult, out: string, cache: string, unchanged: Record<string, string> = {}): Promise<string> {
+  const lines = r.stderr.split('\n').filter(Boolean);
+  expect(lines.filter((l) => !/^(domu build: error: | {2}hint: |log: )/.test(l)), 'no stage started').toEqual([]);
+  expect((await filesIn(out)).filter((f) => !(f in unchanged)), '--out holds nothing new').toEqual([]);
+  for (const [f, text] of Object.entries(unchanged)) expect(await readFile(join(out, f), 'utf8'), `${f} unchanged`).toBe(text);
+  expect(await names(cache), 'no stage wrote to the cache').toEqual(['journals', 'runs']);
+  expect(await names(join(cache, 'journals')), 'nothing left for a later run').toEqual([]);
+  return `refused before any stage (no stage line, nothing cached); --out ${Object.keys(unchanged).length ? 'as it was' : 'holds nothing'}, no temporary left`;
+}
+
+const machineCases: Case[] = [
+  {
+    title: 'image size: 2G under ulimit -f 1G',
+    case: 'domu build --set image.size=2G run under a file size limit of 1 GiB (ulimit -f; prlimit --fsize)',
+    expected: 'exit 2 before any stage: the size and the limit named, "raise the limit … or choose a smaller image.size"; nothing written',
+    command: 'build',
+    exit: 2,
+    error: /^image\.size 2 GiB is larger than the biggest file this process may write \(ulimit -f: 1 GiB\); raise the limit \(ulimit -f unlimited\) or choose a smaller image\.size \(e\.g\. --set image\.size=1G\)$/,
+    prepare: async (dir) => {
+      const out = join(dir, 'out');
+      const cache = join(dir, 'cache');
+      return {
+        args: ['build', '--set', 'image.size=2G', '--out', out, '--cache-dir', cache],
+        run: underFileSizeLimit(2 ** 30),
+        after: async (r) => refusedBeforeStages(r, out, cache),
+      };
+    },
+  },
+  {
+    title: 'flag: --out with a 300-byte name',
+    case: '--out whose last name is 300 bytes long (file names hold 255)',
+    expected: 'exit 1, "cannot mkdir <out>: the name is too long" (it was an internal error with a stack trace); nothing created',
+    command: 'build',
+    exit: 1,
+    error: /^cannot mkdir \/.*\/x{300}: the name is too long \(at most 255 bytes a name, 4095 a path\)$/,
+    prepare: async (dir) => ({
+      args: ['build', '--out', join(dir, 'x'.repeat(300)), '--cache-dir', join(dir, 'cache'), '--until', 'source'],
+      after: async () => {
+        expect(await names(dir), 'only the cache was made').toEqual(['cache']);
+        expect(await names(join(dir, 'cache', 'journals'))).toEqual([]);
+        return 'nothing created but the run log';
+      },
+    }),
+  },
+  {
+    title: 'flag: --cache-dir with a 300-byte name',
+    case: '--cache-dir whose last name is 300 bytes long',
+    expected: 'exit 1, "cannot mkdir …: the name is too long" (it was an internal error); nothing created',
+    command: 'build',
+    exit: 1,
+    error: /^cannot mkdir \/.*\/x{300}\/runs\/\S+: the name is too long \(at most 255 bytes a name, 4095 a path\)$/,
+    prepare: async (dir) => ({
+      args: ['build', '--cache-dir', join(dir, 'x'.repeat(300)), '--out', join(dir, 'out'), '--until', 'source'],
+      after: async () => {
+        expect(await names(dir), 'nothing created').toEqual([]);
+        return 'nothing created';
+      },
+    }),
+  },
+  {
+    title: 'flag: --out through a symlink loop',
+    case: '--out <tmp>/loop/out where loop is a symbolic link to itself',
+    expected: 'exit 1, "cannot mkdir …: too many levels of symbolic links" (it was an internal error); the link untouched',
+    command: 'build',
+    exit: 1,
+    error: /^cannot mkdir \/.*\/loop\/out: too many levels of symbolic links \(a link that leads back to itself\?\)$/,
+    prepare: async (dir) => {
+      await symlink('loop', join(dir, 'loop'));
+      return {
+        args: ['build', '--out', join(dir, 'loop', 'out'), '--cache-dir', join(dir, 'cache'), '--until', 'source'],
+        after: async () => {
+          expect(await readlink(join(dir, 'loop'))).toBe('loop');
+          expect(await names(dir)).toEqual(['cache', 'loop']);
+          return 'the link untouched, nothing created but the run log';
+        },
+      };
+    },
+  },
+];
+
+describe.concurrent('what the machine refuses (file size limits, long names, symlink loops)', () => {
+  for (const c of machineCases) test(c.title, async ({ task }) => runCase(task, c), 60_000);
+});
+
+describe.skipIf(!isRoot)('image sizes that --out cannot hold (a loop-mounted ext4, 4 KiB blocks)', () => {
+  let fs: string;
+
+  beforeAll(async () => {
+    const base = join(root, 'ext4-out');
+    await mkdir(base, { recursive: true });
+    const backing = join(base, 'out.ext4');
+    await writeFile(backing, '');
+    await truncate(backing, 32 * 1048576);
+    await execa('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-F', backing]);
+    fs = join(base, 'mnt');
+    await mkdir(fs);
+    await execa('mount', ['-o', 'loop', backing, fs]);
+  }, 120_000);
+
+  afterAll(async () => {
+    if (fs) await execa('umount', [fs]).catch(() => execa('umount', ['-l', fs]).catch(() => undefined));
+  });
+
+  const sizeCase = (size: string, bytes: string, previous: boolean): Case => ({
+    title: `image size: ${size} on ext4${previous ? ' over a previous build' : ''}`,
+    case: `domu build --set image.size=${size} with --out on ext4 (4 KiB blocks: no file above 16 TiB - 4 KiB)${previous ? ', --out holding a previous build' : ''}`,
+    expected: `exit 2 before any stage (it was "internal error: EFBIG … ftruncate" after the compile): the size, --out, ext4 and the limit named, a size that fits suggested; ${previous ? 'the previous build untouched' : 'nothing written'}`,
+    command: 'build',
+    exit: 2,
+    error: new RegExp(
+      `^image\\.size ${bytes} is larger than the biggest file /.*/out \\(ext4\\) can hold \\(16 TiB - 4 KiB\\); choose a smaller image\\.size \\(e\\.g\\. --set image\\.size=15T\\) or an --out on a file system that holds bigger files$`,
+    ),
+    prepare: async (dir) => {
+      const out = join(fs, slug(size + (previous ? '-previous' : '')), 'out');
+      const cache = join(dir, 'cache');
+      const unchanged: Record<string, string> = previous ? { 'busybox.img': 'previous image\n', 'build.json': '{}\n' } : {};
+      for (const [f, text] of Object.entries(unchanged)) {
+        await mkdir(out, { recursive: true });
+        await writeFile(join(out, f), text);
+      }
+      return {
+        args: ['build', '--set', `image.size=${size}`, '--out', out, '--cache-dir', cache],
+        after: async (r) => {
+          const note = await refusedBeforeStages(r, out, cache, unchanged);
+          const left = (await readdir(fs, { recursive: true })).filter((n) => n.includes('.tmp-'));
+          expect(left, 'no probe file left on the file system').toEqual([]);
+          return note;
+        },
+      };
+    },
+  });
+
+  const cases = [sizeCase('16T', '16 TiB', false), sizeCase('20T', '20 TiB', false), sizeCase('100T', '100 TiB', false), sizeCase('16T', '16 TiB', true)];
+  for (const c of cases) test(c.title, async ({ task }) => runCase(task, c), 60_000);
+});
+
+// ---------------------------------------------------------------------------------------------
 // 4. The shared store (domu configs --publish): a loop-mounted ext4 store and a read-only mount
 
 describe.skipIf(!isRoot)('hostile stores (domu configs --publish, a loop-mounted ext4 store)', () => {
   let store: string;
   let roStore: string;
   let config: string;
+  let bigOut: string;
   const mounts: string[] = [];
 
   beforeAll(async () => {
@@ -976,6 +1139,11 @@ describe.skipIf(!isRoot)('hostile stores (domu configs --publish, a loop-mounted
     await execa('mount', ['-o', 'remount,bind,ro', roStore]);
     config = join(base, 'guest.yaml');
     await writeFile(config, `kernel:\n  image: ${kernel.image}\n`);
+    // An --out that holds a 16 TiB sparse file (tmpfs), for a store that cannot.
+    bigOut = join(base, 'tmpfs-out');
+    await mkdir(bigOut);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', bigOut]);
+    mounts.push(bigOut);
   }, 120_000);
 
   afterAll(async () => {
@@ -990,6 +1158,29 @@ describe.skipIf(!isRoot)('hostile stores (domu configs --publish, a loop-mounted
   const publishArgs = (dir: string, s: string, extra: string[] = []) => ['configs', '--publish', '--store', s, '--config', config, '--out', join(dir, 'out'), '--cache-dir', join(dir, 'cache'), ...extra];
 
   const storeCases: Case[] = [
+    {
+      title: 'store: image.size 16T on an ext4 store',
+      case: 'domu build --publish --set image.size=16T, --out on tmpfs (holds it), the store a small ext4 (mke2fs picks 1 KiB blocks: no file above 4 TiB - 1 KiB)',
+      expected: 'exit 2 in the store check, the first stage (before any compile): the size, the store, ext4 and the limit probed there named; the store and --out untouched',
+      command: 'build',
+      exit: 2,
+      error: /^image\.size 16 TiB is larger than the biggest file the store \/.*\/scsistore \(ext4\) can hold \((?:4 TiB - 1 KiB|16 TiB - 4 KiB)\); choose a smaller image\.size \(e\.g\. --set image\.size=(?:3T|15T)\) or a store on a file system that holds bigger files$/,
+      prepare: async (dir) => {
+        await clean();
+        const out = join(bigOut, slug(dir));
+        const cache = join(dir, 'cache');
+        return {
+          args: ['build', '--publish', '--store', store, '--config', config, '--set', 'image.size=16T', '--out', out, '--cache-dir', cache],
+          after: async (r) => {
+            expect(r.stderr, 'no stage after the store check').not.toMatch(/Fetch busybox|Compile busybox|Build the ext4 image/);
+            expect(await names(store), 'the store unchanged (no probe file left)').toEqual([]);
+            expect(await filesIn(out), '--out holds nothing').toEqual([]);
+            expect(await names(join(cache, 'journals')), 'nothing left for a later run').toEqual([]);
+            return 'refused in the store check, before any build stage; the store and --out untouched';
+          },
+        };
+      },
+    },
     {
       title: 'store: not mounted',
       case: 'publish into a store directory that is not a mount point (the iSCSI LUN not mounted), without --allow-unmounted',

@@ -1,5 +1,6 @@
 // The run context's mechanisms, with real processes and real files: exec, cleanup, cache, Run.
 import { existsSync, readdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { chmod, mkdir, readFile, rm, stat, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -266,6 +267,29 @@ describe('Run', () => {
     expect(err).toBeInstanceOf(AbortedError);
     expect((err as Error).message).toMatch(/SIGTERM/);
     expect(undone).toEqual(['loop']);
+  });
+
+  it('keeps the ten newest finished run directories and never one of a run still going', async () => {
+    // A run still going (a live process), older than all the others: its build tree must stay.
+    const live = spawn('sleep', ['30'], { stdio: 'ignore' });
+    // Finished runs: pids that do not exist (above pid_max).
+    const dead = (i: number) => `2026-01-01T00-00-${String(10 + i).padStart(2, '0')}-000Z-build-${4_194_304 + 1 + i}`;
+    const runs = join(dir, 'runs');
+    try {
+      const old = `2025-12-31T00-00-00-000Z-build-${live.pid}`;
+      await mkdir(join(runs, old, 'busybox-1.22.1'), { recursive: true });
+      for (let i = 0; i < 15; i++) await mkdir(join(runs, dead(i)), { recursive: true });
+      const r = new Run({ mode: 'plain', cacheDir: dir, command: 'test' });
+      await r.execute([{ name: 'one', title: 'one', run: async () => ({ cacheHit: true, outputs: {} }) }]);
+      await r.close();
+      const left = readdirSync(runs).sort();
+      // The live run's, this run's own (still going while it prunes), and the ten newest finished ones.
+      expect(left).toContain(old);
+      expect(existsSync(join(runs, old, 'busybox-1.22.1'))).toBe(true);
+      expect(left.filter((n) => n !== old)).toEqual([...Array.from({ length: 10 }, (_, i) => dead(i + 5)), r.workDir.split('/').pop()]);
+    } finally {
+      live.kill();
+    }
   });
 });
 

@@ -4,6 +4,7 @@ import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { tempPathFor } from '../../core/atomic.js';
 import { InputError } from '../../core/errors.js';
+import { checkImageFits } from '../../core/filesize.js';
 import { sha256File } from '../../core/hash.js';
 import { readBuildRecord } from '../../model/buildrecord.js';
 import { currentImage, imageKey } from '../uptodate.js';
@@ -12,7 +13,7 @@ import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
 import { parseDeviceTable } from '../../fs/devtable.js';
 import type { BootFiles } from '../../stages/xenconfigs.js';
-import type { PipelineStage } from '../run.js';
+import type { PipelineStage, PreflightCheck } from '../run.js';
 import type { StageContext } from '../../core/context.js';
 import { DEFAULTS, type Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
@@ -104,6 +105,15 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
       return { cacheHit: false, note: `${mib(img.apparentBytes)} apparent, ${mib(img.allocatedBytes)} allocated (${img.populate})`, outputs: { ...img, sourceDateEpoch, boot: state.boot ?? null } };
     },
   };
+}
+
+/**
+ * Before any stage: --out's file system must hold a file of image.size (ext4 holds none of 16 TiB).
+ * Probed on --out itself (a sparse temporary file, registered with the cleanup); exit 2 if not.
+ */
+export function imageFitsCheck(desc: Description, flags: PlanFlags): PreflightCheck {
+  const out = resolve(flags.outDir ?? 'out');
+  return async ({ cleanup, log }) => checkImageFits({ dir: out, size: desc.image.size, where: 'out', register: (p) => cleanup.tempPath(p), log });
 }
 
 /** A file to put into --out. */

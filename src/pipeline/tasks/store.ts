@@ -2,6 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
+import { checkImageFits } from '../../core/filesize.js';
 import { publish } from '../../store/publish.js';
 import { checkStore } from '../../store/store-check.js';
 import type { PipelineStage } from '../run.js';
@@ -30,14 +31,18 @@ export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanS
   };
 }
 
-/** With --publish, the store is checked first, so a build does not run only to find it unusable. */
-export function storeCheckTask(desc: Description, flags: PlanFlags): PipelineStage {
+/**
+ * With --publish, the store is checked first, so a build does not run only to find it unusable;
+ * with `imageSize` (a build), also that its file system can hold the image as a file.
+ */
+export function storeCheckTask(desc: Description, flags: PlanFlags, imageSize?: number): PipelineStage {
   const store = resolve(flags.publish!.store ?? desc.store.path);
   return {
     name: 'store',
     title: `Check the store ${store}`,
-    run: async () => {
+    run: async (ctx) => {
       const real = await checkStore(store, flags.publish!.allowUnmounted);
+      if (imageSize !== undefined) await checkImageFits({ dir: real, size: imageSize, where: 'store', register: (p) => ctx.cleanup.tempPath(p), log: ctx.log });
       return { cacheHit: false, note: real, outputs: { store: real } };
     },
   };
