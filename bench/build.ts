@@ -8,9 +8,9 @@
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run, type ExecEnv } from '../src/lib/exec.js';
-import { memoryLogger } from '../src/lib/log.js';
-import { projectPath } from '../src/lib/paths.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
+import { memoryLogger } from '../src/core/log.js';
+import { projectPath } from '../src/core/paths.js';
 import { COMPAT_HEADER } from '../src/pipeline/plan.js';
 import { getBusyboxTarball } from '../test/helpers/busybox-tarball.js';
 import { getKernelPackage } from '../test/helpers/kernel-package.js';

@@ -7,12 +7,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { moduleClosure } from '../src/lib/closure.js';
-import { run, type ExecEnv } from '../src/lib/exec.js';
-import { memoryLogger } from '../src/lib/log.js';
-import { indexModules } from '../src/lib/modindex.js';
-import { readModinfo } from '../src/lib/modinfo.js';
-import { Cache } from '../src/pipeline/cache.js';
+import { moduleClosure } from '../src/kernel/closure.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
+import { memoryLogger } from '../src/core/log.js';
+import { indexModules } from '../src/kernel/modindex.js';
+import { readModinfo } from '../src/kernel/modinfo.js';
+import { Cache } from '../src/core/cache.js';
 import { getKernelPackage } from '../test/helpers/kernel-package.js';
 import { median } from './stats.js';
 

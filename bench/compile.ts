@@ -4,10 +4,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run, type ExecEnv } from '../src/lib/exec.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
 import { median, timed } from './stats.js';
-import { memoryLogger } from '../src/lib/log.js';
-import { projectPath } from '../src/lib/paths.js';
+import { memoryLogger } from '../src/core/log.js';
+import { projectPath } from '../src/core/paths.js';
 import { COMPAT_HEADER } from '../src/pipeline/plan.js';
 
 export interface CompileBenchResult {

@@ -6,9 +6,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run, type ExecEnv } from '../src/lib/exec.js';
-import { memoryLogger } from '../src/lib/log.js';
-import { PROJECT_ROOT } from '../src/lib/paths.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
+import { memoryLogger } from '../src/core/log.js';
+import { PROJECT_ROOT } from '../src/core/paths.js';
 import { getKernelPackage } from '../test/helpers/kernel-package.js';
 import { median } from './stats.js';
 

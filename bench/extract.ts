@@ -4,10 +4,10 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run, type ExecEnv } from '../src/lib/exec.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
 import { median, timed } from './stats.js';
-import { memoryLogger } from '../src/lib/log.js';
-import { safeExtract } from '../src/lib/tar.js';
+import { memoryLogger } from '../src/core/log.js';
+import { safeExtract } from '../src/fs/tar.js';
 
 export interface ExtractBenchResult {
   runs: number;

@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { busyboxLikeTree } from '../test/helpers/trees.js';
-import { run, type ExecEnv } from '../src/lib/exec.js';
-import { memoryLogger, type Logger } from '../src/lib/log.js';
-import { Cache } from '../src/pipeline/cache.js';
-import { CleanupRegistry } from '../src/pipeline/cleanup.js';
-import type { StageContext } from '../src/pipeline/context.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
+import { memoryLogger, type Logger } from '../src/core/log.js';
+import { Cache } from '../src/core/cache.js';
+import { CleanupRegistry } from '../src/core/cleanup.js';
+import type { StageContext } from '../src/core/context.js';
 import { imageStage } from '../src/stages/image.js';
 import { median, timed } from './stats.js';
 

@@ -1,5 +1,5 @@
 // Shared measuring helpers for the benchmarks.
-import { run, type ExecEnv } from '../src/lib/exec.js';
+import { run, type ExecEnv } from '../src/core/exec.js';
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -1,7 +1,7 @@
 // `domu doctor`: every program the pipeline needs, with its version, and the apt-get line
 // for whatever is missing.
-import { which } from '../lib/exec.js';
-import { prerequisites, programVersion } from '../lib/prereqs.js';
+import { which } from '../core/exec.js';
+import { prerequisites, programVersion } from '../core/prereqs.js';
 
 export interface DoctorRow {
   program: string;

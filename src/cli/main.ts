@@ -3,18 +3,18 @@
 import { dirname, resolve } from 'node:path';
 import { existsSync, statSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../lib/errors.js';
-import { flagOverride, loadDescription, parseSetFlag, type Override } from '../pipeline/description.js';
-import { defaultCacheDir } from '../pipeline/cache.js';
+import { asDomuError, DomuError, errorMessage, InputError, EXIT_BAD_INPUT } from '../core/errors.js';
+import { flagOverride, loadDescription, parseSetFlag, type Override } from '../model/description.js';
+import { defaultCacheDir } from '../core/cache.js';
 import { BUILD_STAGES, planBuild, planConfigs, planFetch, planModules, type Plan, type PlanFlags } from '../pipeline/plan.js';
 import { planRelease } from '../pipeline/tasks/release.js';
 import { planVerify } from '../pipeline/tasks/verify.js';
 import { Run, type OutputMode } from '../pipeline/run.js';
-import type { Description } from '../pipeline/schema.js';
-import { parseEpoch } from '../lib/epoch.js';
+import type { Description } from '../model/schema.js';
+import { parseEpoch } from '../core/epoch.js';
 import { doctor, formatDoctor } from './doctor.js';
 import { buildSummary, formatSummary, type Summary } from './summary.js';
-import { DOMU_VERSION } from './version.js';
+import { DOMU_VERSION } from '../core/version.js';
 
 interface CommonOpts {
   config?: string;

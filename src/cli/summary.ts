@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import type { Plan } from '../pipeline/plan.js';
 import type { ModuleSet } from '../stages/modules.js';
 import type { StageRecord } from '../pipeline/run.js';
-import { DOMU_VERSION } from './version.js';
+import { DOMU_VERSION } from '../core/version.js';
 
 export interface Summary {
   ok: boolean;
@@ -15,7 +15,6 @@ export interface Summary {
   warnings: { stage: string; message: string }[];
   versions: Record<string, unknown>;
   busybox?: Record<string, unknown>;
-  notYetAvailable?: string[];
   image?: Record<string, unknown>;
   kernel?: Record<string, unknown>;
   modules?: ModuleReport;
@@ -96,7 +95,6 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
     ...(plan.state.published ? { published: { ...plan.state.published } } : {}),
     ...(plan.state.record ? artifactsOf(plan) : {}),
-    ...(plan.notYetAvailable.length ? { notYetAvailable: plan.notYetAvailable } : {}),
     ...extra,
   };
 }
@@ -164,16 +162,7 @@ export function formatSummary(sum: Summary): string {
     const cfgs = c.files.filter((x) => x.startsWith('xen/'));
     if (cfgs.length <= 12) for (const f of cfgs) lines.push(`  ${f}`);
   }
-  if (sum.published) {
-    const p = sum.published;
-    lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
-  }
-  for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
-  if (sum.notYetAvailable?.length) {
-    lines.push(`not yet available in domu ${DOMU_VERSION}: ${sum.notYetAvailable.join(', ')}${img ? '' : ' — no image was built'}`);
-  }
-  if (sum.log) lines.push(`log: ${sum.log}`);
-  return lines.join('\n');
+  return closingLines(sum, lines);
 }
 
 /** A complete build: every artifact, the substitutions in plain words, whether it was up to date. */
@@ -185,6 +174,11 @@ function formatBuild(sum: Summary, lines: string[]): string {
   if (rows.length < sum.artifacts!.length) lines.push(`  … and ${sum.artifacts!.length - rows.length} more config files (all listed in --json)`);
   for (const t of sum.substitutions ?? []) lines.push(`note: ${t}`);
   if (sum.modules) lines.push(`modules: ${sum.modules.modules.map((m) => m.name).join(' ') || 'none'} (vermagic ${sum.modules.release})`);
+  return closingLines(sum, lines);
+}
+
+/** The last lines of every plain summary: where it was published, the warnings, the log. */
+function closingLines(sum: Summary, lines: string[]): string {
   if (sum.published) {
     const p = sum.published;
     lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);

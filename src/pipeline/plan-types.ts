@@ -9,10 +9,10 @@ import type { ModulesOutput, ModuleSet } from '../stages/modules.js';
 import type { RootfsOutput } from '../stages/rootfs.js';
 import type { SourceOutput } from '../stages/source.js';
 import type { XenConfigsOutput } from '../stages/xenconfigs.js';
-import type { PublishOutput } from '../lib/publish.js';
+import type { PublishOutput } from '../store/publish.js';
 import type { PipelineStage, PreflightCheck } from './run.js';
-import type { Description } from './schema.js';
-import type { BuildRecord } from './buildrecord.js';
+import type { Description } from '../model/schema.js';
+import type { BuildRecord } from '../model/buildrecord.js';
 
 export interface PlanFlags {
   strictVersion?: boolean;
@@ -73,8 +73,6 @@ export interface Plan {
   description: Description;
   stages: PipelineStage[];
   state: PlanState;
-  /** Stages of the designed pipeline that this version does not have yet. */
-  notYetAvailable: string[];
   /**
    * The output directory this run writes or reads as a whole: the run holds its lock
    * (`out/.domu.lock`) from start to end, so two runs on one --out take turns.

@@ -1,11 +1,11 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2): each task
 // builder (src/pipeline/tasks/) checks its inputs when it is called, before any stage runs.
-import { InputError } from '../lib/errors.js';
+import { InputError } from '../core/errors.js';
 import { modulesStage, resolveModules } from '../stages/modules.js';
 import type { Plan, PlanFlags, PlanState } from './plan-types.js';
 import type { PipelineStage } from './run.js';
-import type { Description } from './schema.js';
+import type { Description } from '../model/schema.js';
 import { compileTask, extractTask, kconfigTask, sourceTask } from './tasks/busybox.js';
 import { imageFitsCheck, imageTask, rootfsTask } from './tasks/image.js';
 import { checkRamdisk, headersFor, initramfsTask, kernelTask, moduleNames, moduleSources, modulesTask } from './tasks/kernel.js';
@@ -17,8 +17,6 @@ export { COMPAT_HEADER, resolveDataPath, sourceInput } from './tasks/busybox.js'
 export { bootNames } from './tasks/image.js';
 export { RAMDISK_MODULES } from './tasks/kernel.js';
 
-export const LATER_STAGES: string[] = [];
-
 /** `domu configs`: the kernel's release (for boot/ names, when shipped), then the configs. */
 export function planConfigs(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
@@ -29,12 +27,12 @@ export function planConfigs(description: Description, flags: PlanFlags): Plan {
     xenConfigsTask(description, flags, state),
   ];
   if (flags.publish) stages.push(publishTask(description, flags, state, 'configs'));
-  return { command: 'configs', description, state, stages, notYetAvailable: [], ...outLock(flags, true) };
+  return { command: 'configs', description, state, stages, ...outLock(flags, true) };
 }
 
 export function planFetch(description: Description, flags: PlanFlags): Plan {
   const state: PlanState = {};
-  return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)], notYetAvailable: [] };
+  return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)] };
 }
 
 export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs'] as const;
@@ -58,7 +56,7 @@ export function planModules(description: Description, flags: PlanFlags, names: r
       return { cacheHit: set.index.source === 'cached', note: `${set.closure.modules.length} modules: ${set.closure.modules.map((m) => m.name).join(' ')}`, outputs: {} };
     },
   };
-  return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask], notYetAvailable: [] };
+  return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask] };
 }
 
 export function planBuild(description: Description, flags: PlanFlags): Plan {
@@ -94,7 +92,6 @@ export function planBuild(description: Description, flags: PlanFlags): Plan {
       ...(last === BUILD_STAGES.length - 1 ? [recordTask(description, flags, state)] : []),
       ...(flags.publish ? [publishTask(description, flags, state, 'build')] : []),
     ],
-    notYetAvailable: flags.until === undefined ? LATER_STAGES : [],
     ...outLock(flags, true),
     // An image.size that --out's file system cannot hold as a file: refused before any stage.
     ...(last >= BUILD_STAGES.indexOf('image') ? { preflight: [imageFitsCheck(description, flags)] } : {}),

@@ -3,16 +3,16 @@
 import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Listr, LISTR_LOGGER_STDERR_LEVELS, ListrLogger, PRESET_TIMESTAMP, ProcessOutput } from 'listr2';
-import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { faultPoint } from '../lib/fault.js';
-import { activeJournal, processStart, recoverDeadRuns, RunJournal, setActiveJournal } from '../lib/journal.js';
-import { acquireLock, OUT_LOCK } from '../lib/storelock.js';
-import type { Logger } from '../lib/log.js';
-import { RunLog } from '../lib/log.js';
-import { explainStageError, type Places } from '../lib/stage-errors.js';
-import { Cache } from './cache.js';
-import { CleanupRegistry } from './cleanup.js';
-import type { StageContext } from './context.js';
+import { abortError, AbortedError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { faultPoint } from '../core/fault.js';
+import { activeJournal, processStart, recoverDeadRuns, RunJournal, setActiveJournal } from '../core/journal.js';
+import { acquireLock, OUT_LOCK } from '../store/storelock.js';
+import type { Logger } from '../core/log.js';
+import { RunLog } from '../core/log.js';
+import { explainStageError, type Places } from '../core/stage-errors.js';
+import { Cache } from '../core/cache.js';
+import { CleanupRegistry } from '../core/cleanup.js';
+import type { StageContext } from '../core/context.js';
 
 export interface StageResult {
   cacheHit: boolean;
@@ -82,7 +82,7 @@ export class Run {
     this.cache = new Cache(opts.cacheDir, this.controller.signal, this.runLog.logger('cache'));
   }
 
-  /** Where this run writes, for naming a full file system (lib/stage-errors.ts). */
+  /** Where this run writes, for naming a full file system (core/stage-errors.ts). */
   private get places(): Places {
     return { cacheDir: this.opts.cacheDir, outDir: this.opts.lockOut?.dir };
   }

@@ -8,11 +8,11 @@
 // The generated ramdisk is keyed the same way (busybox, modules, /init, epoch).
 import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashValue, sha256File } from '../lib/hash.js';
+import { hashValue, sha256File } from '../core/hash.js';
 import { ROOTFS_VERSION } from '../stages/rootfs.js';
 import type { ModuleFile } from '../stages/rootfs.js';
-import type { BuildRecord } from './buildrecord.js';
-import type { Description } from './schema.js';
+import type { BuildRecord } from '../model/buildrecord.js';
+import type { Description } from '../model/schema.js';
 
 /** Bump when the image or ramdisk a key names would come out differently. */
 const KEY_VERSION = 1;

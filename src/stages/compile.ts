@@ -4,13 +4,13 @@ import { createWriteStream } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { copyTree } from '../lib/buildtree.js';
-import { DomuError } from '../lib/errors.js';
-import { ExecError, run } from '../lib/exec.js';
-import { readElfFile, machineName } from '../lib/elf.js';
-import { hashValue } from '../lib/hash.js';
-import type { Toolchain } from '../lib/toolchain.js';
-import type { StageContext } from '../pipeline/context.js';
+import { copyTree } from '../fs/buildtree.js';
+import { DomuError } from '../core/errors.js';
+import { ExecError, run } from '../core/exec.js';
+import { readElfFile, machineName } from '../kernel/elf.js';
+import { hashValue } from '../core/hash.js';
+import type { Toolchain } from '../busybox/toolchain.js';
+import type { StageContext } from '../core/context.js';
 import { verifiedTree } from './extract.js';
 
 /** Bump when what this stage produces for the same inputs changes. */

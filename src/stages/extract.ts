@@ -3,13 +3,13 @@
 // produced in the cache's temporary directory (registered for cleanup) and renamed into place.
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { newestMtime } from '../lib/epoch.js';
-import { AbortedError, DomuError, InputError } from '../lib/errors.js';
-import { findNoSpace } from '../lib/stage-errors.js';
-import { sha256File, SHA256_RE } from '../lib/hash.js';
-import { manifestFileSha256, manifestNewestMtime } from '../lib/manifest.js';
-import { safeExtract, type Decompressor } from '../lib/tar.js';
-import type { StageContext } from '../pipeline/context.js';
+import { newestMtime } from '../core/epoch.js';
+import { AbortedError, DomuError, InputError } from '../core/errors.js';
+import { findNoSpace } from '../core/stage-errors.js';
+import { sha256File, SHA256_RE } from '../core/hash.js';
+import { manifestFileSha256, manifestNewestMtime } from '../core/manifest.js';
+import { safeExtract, type Decompressor } from '../fs/tar.js';
+import type { StageContext } from '../core/context.js';
 
 /** Bump when what extraction produces changes (refusal rules, modes, times, layout). */
 export const EXTRACTOR_VERSION = 1;

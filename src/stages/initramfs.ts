@@ -8,15 +8,15 @@
 // host goes in, so the same inputs give the same bytes.
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { tempPathFor } from '../lib/atomic.js';
-import { writeCpioGzip, type CpioEntry } from '../lib/cpio.js';
-import { parseElf } from '../lib/elf.js';
-import { abortError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { run } from '../lib/exec.js';
-import { sha256File } from '../lib/hash.js';
-import { moduleInfoFromSection, readModuleBytes } from '../lib/modinfo.js';
-import { projectPath } from '../lib/paths.js';
-import type { StageContext } from '../pipeline/context.js';
+import { tempPathFor } from '../core/atomic.js';
+import { writeCpioGzip, type CpioEntry } from '../fs/cpio.js';
+import { parseElf } from '../kernel/elf.js';
+import { abortError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { sha256File } from '../core/hash.js';
+import { moduleInfoFromSection, readModuleBytes } from '../kernel/modinfo.js';
+import { projectPath } from '../core/paths.js';
+import type { StageContext } from '../core/context.js';
 
 /** The /init script shipped with domu-builder (top-level data, like busybox-config/). */
 export const INIT_SCRIPT = projectPath('initramfs', 'init');

@@ -3,24 +3,23 @@
 // (compat header, musl kernel headers, CONFIG_TC) are merged the same way and reported.
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { copyTree } from '../lib/buildtree.js';
-import { InputError } from '../lib/errors.js';
-import { runFedBy, run } from '../lib/exec.js';
-import { hashValue, sha256 } from '../lib/hash.js';
+import { copyTree } from '../fs/buildtree.js';
+import { InputError } from '../core/errors.js';
+import { runFedBy, run } from '../core/exec.js';
+import { hashValue, sha256 } from '../core/hash.js';
 import {
   emptyConfig,
-  formatMismatches,
   get,
   mergeFragment,
   parseConfig,
-  scanKconfigDeps,
   serializeConfig,
   set,
-  verifyFragment,
   type KConfig,
-} from '../lib/kconfig.js';
-import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type ToolchainSpec } from '../lib/toolchain.js';
-import type { StageContext } from '../pipeline/context.js';
+} from '../busybox/kconfig.js';
+import { scanKconfigDeps } from '../busybox/kconfig-sources.js';
+import { formatMismatches, verifyFragment } from '../busybox/kconfig-verify.js';
+import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type ToolchainSpec } from '../busybox/toolchain.js';
+import type { StageContext } from '../core/context.js';
 import { verifiedTree } from './extract.js';
 
 /** Bump when what this stage produces for the same inputs changes. */

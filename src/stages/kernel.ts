@@ -3,15 +3,15 @@
 //             other's release (/boot/vmlinuz-<release>, /lib/modules/<release>);
 //   host      both `auto`: the running kernel's /boot/vmlinuz-$(uname -r) and
 //             /lib/modules/$(uname -r), when both exist;
-//   package   otherwise the Debian package kernel.package, fetched into the cache (lib/kernel.ts).
+//   package   otherwise the Debian package kernel.package, fetched into the cache (kernel/kernel.ts).
 // The release is read from the image's bzImage header, never from a file name, and must equal
 // the modules directory's name: a mismatch shows both.
 import { stat } from 'node:fs/promises';
 import { release as osRelease } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { InputError } from '../lib/errors.js';
-import { fetchKernelPackage, kernelReleaseFromImage } from '../lib/kernel.js';
-import type { StageContext } from '../pipeline/context.js';
+import { InputError } from '../core/errors.js';
+import { fetchKernelPackage, kernelReleaseFromImage } from '../kernel/kernel.js';
+import type { StageContext } from '../core/context.js';
 
 export interface KernelInput {
   /** `auto` or an absolute path of a bzImage. */

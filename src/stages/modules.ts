@@ -10,12 +10,12 @@
 // kernel's headers first and then go through the same closure and checks.
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { moduleClosure, transitiveDepends, type Closure, type ExtraModule } from '../lib/closure.js';
-import { indexModules, type ModuleIndex } from '../lib/modindex.js';
-import { moduleCompression, readModinfo, readModuleBytes, type ModuleCompression } from '../lib/modinfo.js';
-import { checkVermagic, type VermagicVerdict } from '../lib/vermagic.js';
-import { buildExternalModules } from '../lib/kbuild.js';
-import type { StageContext } from '../pipeline/context.js';
+import { moduleClosure, transitiveDepends, type Closure, type ExtraModule } from '../kernel/closure.js';
+import { indexModules, type ModuleIndex } from '../kernel/modindex.js';
+import { moduleCompression, readModinfo, readModuleBytes, type ModuleCompression } from '../kernel/modinfo.js';
+import { checkVermagic, type VermagicVerdict } from '../kernel/vermagic.js';
+import { buildExternalModules } from '../kernel/kbuild.js';
+import type { StageContext } from '../core/context.js';
 import type { ModuleFile } from './rootfs.js';
 
 export interface ModuleSet {

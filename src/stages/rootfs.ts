@@ -9,15 +9,16 @@
 // was at its path instead of writing into it. So a symlink like lib -> /usr/lib in an install tree
 // or skel can never make the stage write outside the staging directory.
 import { constants } from 'node:fs';
-import { chmod, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, lstat, mkdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import Handlebars from 'handlebars';
-import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../lib/devtable.js';
-import { abortError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { run } from '../lib/exec.js';
-import { sha256, sha256File } from '../lib/hash.js';
-import type { StageContext } from '../pipeline/context.js';
-import type { Description } from '../pipeline/schema.js';
+import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../fs/devtable.js';
+import { abortError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { sha256 } from '../core/hash.js';
+import type { StageContext } from '../core/context.js';
+import type { Description } from '../model/schema.js';
+import { clearForFile, compare, ensureDir, listTree, type RootfsEntry } from './rootfs-tree.js';
+import { scanSkel } from './rootfs-skel.js';
 
 /** Bump when what the stage produces for the same inputs changes (layout, modes, hash format). */
 export const ROOTFS_VERSION = 1;
@@ -39,9 +40,6 @@ export const ROOTFS_DIRS: readonly { path: string; mode: number }[] = [
   { path: 'root', mode: 0o700 },
   { path: 'tmp', mode: 0o1777 },
 ];
-
-/** Template files of the skel: rendered with handlebars, written without this suffix. */
-export const TEMPLATE_SUFFIX = '.hbs';
 
 export interface ModuleFile {
   /** The module file on the build host. */
@@ -77,23 +75,6 @@ export interface RootfsOutput {
   /** sha256 over the sorted listing (path, type, mode, size, content hash or link target) and the device table. */
   contentHash: string;
 }
-
-/** One entry of the staging tree, as hashed. */
-export interface RootfsEntry {
-  /** Relative, `/`-separated. */
-  path: string;
-  type: 'file' | 'dir' | 'symlink';
-  mode: number;
-  size?: number;
-  sha256?: string;
-  target?: string;
-}
-
-type SkelEntry =
-  | { rel: string; kind: 'dir'; mode: number }
-  | { rel: string; kind: 'file'; mode: number; src: string }
-  | { rel: string; kind: 'rendered'; mode: number; text: string; template: string }
-  | { rel: string; kind: 'symlink'; target: string };
 
 export async function rootfsStage(input: RootfsInput, ctx: StageContext): Promise<RootfsOutput> {
   const checkAbort = () => {
@@ -203,56 +184,7 @@ export function rootfsContentHash(entries: readonly RootfsEntry[], devices: read
   return sha256(`${lines.join('\n')}\n`);
 }
 
-/** The staging tree as hashed: every entry below `root`, sorted by path. */
-export async function listTree(root: string): Promise<RootfsEntry[]> {
-  const out: RootfsEntry[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    const names = (await readdir(rel ? join(root, rel) : root)).sort(compare);
-    for (const name of names) {
-      const path = rel ? `${rel}/${name}` : name;
-      const abs = join(root, path);
-      const st = await lstat(abs);
-      const mode = st.mode & 0o7777;
-      if (st.isDirectory()) {
-        out.push({ path, type: 'dir', mode });
-        await walk(path);
-      } else if (st.isSymbolicLink()) {
-        out.push({ path, type: 'symlink', mode, target: await readlink(abs) });
-      } else if (st.isFile()) {
-        out.push({ path, type: 'file', mode, size: st.size, sha256: await sha256File(abs) });
-      } else {
-        throw new InputError(`${abs}: ${kindOf(st)} in the root file system (from the install tree?): only regular files, directories and symlinks can be staged`);
-      }
-    }
-  };
-  await walk('');
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
-
-/** Byte-wise order (locale-independent), the same on every machine. */
-function compare(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
-}
-
-function kindOf(st: { isFIFO(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): string {
-  if (st.isFIFO()) return 'a fifo';
-  if (st.isSocket()) return 'a socket';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  return 'a special file';
-}
-
-/**
- * Modes of skel entries: kept, except that group and other write are dropped unless the sticky
- * bit is set (a checkout under umask 002 must give the same tree as one under umask 022; a
- * world-writable sticky directory like tmp/ is meant as such).
- */
-function skelMode(mode: number): number {
-  const m = mode & 0o7777;
-  return m & 0o1000 ? m : m & ~0o022;
-}
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -294,60 +226,6 @@ async function removeTree(ctx: StageContext, path: string): Promise<void> {
   }
 }
 
-/** Read the skel: its entries in creation order (parents first), templates rendered. */
-async function scanSkel(skel: string, data: { guest: Record<string, unknown> }): Promise<SkelEntry[]> {
-  const out: SkelEntry[] = [];
-  const targets = new Map<string, string>(); // staged path -> skel path that produces it
-  const hb = Handlebars.create();
-  const claim = (rel: string, from: string) => {
-    const other = targets.get(rel);
-    if (other !== undefined) throw new InputError(`skel ${join(skel, from)}: ${rel} is also produced by ${join(skel, other)}`);
-    targets.set(rel, from);
-  };
-  const walk = async (rel: string): Promise<void> => {
-    const names = (await readdir(rel ? join(skel, rel) : skel)).sort(compare);
-    for (const name of names) {
-      const path = rel ? `${rel}/${name}` : name;
-      const abs = join(skel, path);
-      const st = await lstat(abs);
-      if (st.isDirectory()) {
-        claim(path, path);
-        out.push({ rel: path, kind: 'dir', mode: skelMode(st.mode) });
-        await walk(path);
-      } else if (st.isSymbolicLink()) {
-        claim(path, path);
-        out.push({ rel: path, kind: 'symlink', target: await readlink(abs) });
-      } else if (st.isFile() && name.endsWith(TEMPLATE_SUFFIX)) {
-        if (name === TEMPLATE_SUFFIX) throw new InputError(`skel ${abs}: a template needs a name before ${TEMPLATE_SUFFIX}`);
-        const dest = path.slice(0, -TEMPLATE_SUFFIX.length);
-        claim(dest, path);
-        let text: string;
-        try {
-          const template = hb.compile(await readFile(abs, 'utf8'), { strict: true, noEscape: true });
-          text = template(data);
-        } catch (e) {
-          throw new InputError(`skel ${abs}: template error: ${templateError(errorMessage(e))}`, `templates see ${Object.keys(data.guest).map((k) => `guest.${k}`).join(', ')}`);
-        }
-        out.push({ rel: dest, kind: 'rendered', mode: skelMode(st.mode), text, template: path });
-      } else if (st.isFile()) {
-        claim(path, path);
-        out.push({ rel: path, kind: 'file', mode: skelMode(st.mode), src: abs });
-      } else {
-        throw new InputError(`skel ${abs}: ${kindOf(st)}: only regular files, directories and symlinks can be laid over the root`);
-      }
-    }
-  };
-  await walk('');
-  return out;
-}
-
-/** Handlebars' messages, readable: `"nme" not defined in [object Object] - 1:2` → `line 1, column 2: no value for "nme"`. */
-function templateError(msg: string): string {
-  const m = /^"(.*)" not defined in .* - (\d+):(\d+)$/s.exec(msg);
-  if (m) return `line ${m[2]}, column ${m[3]}: no value for "${m[1]}" (a missing value is an error)`;
-  return msg.replace(/\s+/g, ' ').trim();
-}
-
 /** Validate the modules slot: sources are regular files, destinations plain relative paths, no duplicates. */
 async function checkModules(files: readonly ModuleFile[]): Promise<ModuleFile[]> {
   const seen = new Set<string>();
@@ -367,51 +245,4 @@ async function checkModules(files: readonly ModuleFile[]): Promise<ModuleFile[]>
     if (!st.isFile()) throw new InputError(`module ${m.src}: not a regular file`);
   }
   return [...files];
-}
-
-/**
- * Make `rel` (relative to `root`) a directory, creating missing components (0755, or `mode` for the
- * last one) without following any symlink. An existing last component gets `mode` unless
- * keepExisting. `where` names the cause in errors.
- */
-async function ensureDir(root: string, rel: string, mode: number | undefined, where: string, opts: { keepExisting?: boolean } = {}): Promise<void> {
-  if (rel === '.' || rel === '') return;
-  const parts = rel.split('/');
-  let cur = root;
-  for (let i = 0; i < parts.length; i++) {
-    const part = parts[i] as string;
-    cur = join(cur, part);
-    const last = i === parts.length - 1;
-    const want = last && mode !== undefined ? mode : 0o755;
-    let st;
-    try {
-      st = await lstat(cur);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      await mkdir(cur);
-      await chmod(cur, want);
-      continue;
-    }
-    const shown = parts.slice(0, i + 1).join('/');
-    if (st.isSymbolicLink()) {
-      throw new InputError(`${where}: ${rel} would be created through ${shown}, which is a symlink in the root file system (to ${await readlink(cur)})`);
-    }
-    if (!st.isDirectory()) throw new InputError(`${where}: ${rel} needs ${shown} to be a directory, but the root file system has a file there`);
-    if (last && mode !== undefined && !opts.keepExisting) await chmod(cur, want);
-  }
-}
-
-/** Make room for a file or symlink at `rel`: an existing file or symlink is removed (never written through). */
-async function clearForFile(root: string, rel: string, where: string): Promise<string> {
-  const dest = join(root, rel);
-  let st;
-  try {
-    st = await lstat(dest);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return dest;
-    throw e;
-  }
-  if (st.isDirectory()) throw new InputError(`${where}: ${rel} is a directory in the root file system and cannot be replaced by a file`);
-  await unlink(dest);
-  return dest;
 }

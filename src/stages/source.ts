@@ -1,17 +1,17 @@
 // The source stage: obtain the busybox release tarball and prove its sha256.
 // Providers, in order: cache → --source PATH|URL → upstream and mirrors → the distribution's
 // source archive (apt, private configuration) when the description allows the fallback.
-import { findNoSpace } from '../lib/stage-errors.js';
+import { findNoSpace } from '../core/stage-errors.js';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { aptUpdate, downloadOrigTarball, makePrivateApt, showSource, type SourceVersion } from '../lib/apt.js';
-import { tempPathFor, writeFileAtomic } from '../lib/atomic.js';
-import { download } from '../lib/download.js';
-import { AbortedError, DomuError, errorMessage, InputError } from '../lib/errors.js';
-import { sha256File } from '../lib/hash.js';
-import { manifestFileSha256 } from '../lib/manifest.js';
-import { compareVersions, knownReleases, RELEASES_FILE, tarballName } from '../lib/releases.js';
-import type { StageContext } from '../pipeline/context.js';
+import { aptUpdate, downloadOrigTarball, makePrivateApt, showSource, type SourceVersion } from '../fetch/apt.js';
+import { tempPathFor, writeFileAtomic } from '../core/atomic.js';
+import { download } from '../fetch/download.js';
+import { AbortedError, DomuError, errorMessage, InputError } from '../core/errors.js';
+import { sha256File } from '../core/hash.js';
+import { manifestFileSha256 } from '../core/manifest.js';
+import { compareVersions, knownReleases, RELEASES_FILE, tarballName } from '../busybox/releases.js';
+import type { StageContext } from '../core/context.js';
 
 export const UPSTREAM_BASE = 'https://busybox.net/downloads';
 

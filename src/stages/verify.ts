@@ -10,9 +10,9 @@
 // in the image is changed for this: it is the console an administrator gets.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { abortError, DomuError } from '../lib/errors.js';
-import { chooseAccel, GuestWaitError, QemuGuest, type Accel } from '../lib/qemu.js';
-import type { StageContext } from '../pipeline/context.js';
+import { abortError, DomuError } from '../core/errors.js';
+import { chooseAccel, GuestWaitError, QemuGuest, type Accel } from '../xen/qemu.js';
+import type { StageContext } from '../core/context.js';
 
 export const READY_MARKER = 'domu-guest-ready';
 /** Console lines shown when the boot fails. */

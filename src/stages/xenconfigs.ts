@@ -13,16 +13,16 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Handlebars from 'handlebars';
-import { tempPathFor } from '../lib/atomic.js';
-import { sha256 } from '../lib/hash.js';
-import { DomuError, InputError } from '../lib/errors.js';
-import { findNoSpace, noSpaceError } from '../lib/stage-errors.js';
-import { checkHeader, withHeader, type CommentStyle } from '../lib/genheader.js';
-import { projectPath } from '../lib/paths.js';
-import { derivedMac, derivedUuid, quoted, relocationAllow } from '../lib/xencfg.js';
-import type { Description } from '../pipeline/schema.js';
-import type { StageContext } from '../pipeline/context.js';
-import { DOMU_VERSION } from '../cli/version.js';
+import { tempPathFor } from '../core/atomic.js';
+import { sha256 } from '../core/hash.js';
+import { DomuError, InputError } from '../core/errors.js';
+import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
+import { checkHeader, withHeader, type CommentStyle } from '../store/genheader.js';
+import { projectPath } from '../core/paths.js';
+import { derivedMac, derivedUuid, quoted, relocationAllow } from '../xen/xencfg.js';
+import type { Description } from '../model/schema.js';
+import type { StageContext } from '../core/context.js';
+import { DOMU_VERSION } from '../core/version.js';
 
 export const TEMPLATE_DIR = projectPath('xen-configs');
 

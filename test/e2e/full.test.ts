@@ -5,7 +5,7 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 import { domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 

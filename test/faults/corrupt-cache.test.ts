@@ -11,8 +11,8 @@ import { mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256, sha256File } from '../../src/lib/hash.js';
-import { MANIFEST_FILE, verifyByHash } from '../../src/lib/manifest.js';
+import { sha256, sha256File } from '../../src/core/hash.js';
+import { MANIFEST_FILE, verifyByHash } from '../../src/core/manifest.js';
 import { BUSYBOX_1_35_SHA256, getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { domuJson, stage, type Summary } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';

@@ -5,10 +5,10 @@ import { existsSync } from 'node:fs';
 import { cp, lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
-import { sha256Sparse } from '../../src/lib/e2fs.js';
-import { mountPoints } from '../../src/lib/mounts.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
+import { mountPoints } from '../../src/core/mounts.js';
+import { memoryLogger } from '../../src/core/log.js';
 import { startDomu } from '../helpers/cli.js';
 
 export interface Lab {

@@ -9,7 +9,7 @@ import { readdir, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkHeader } from '../../src/lib/genheader.js';
+import { checkHeader } from '../../src/store/genheader.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { domuJson, startDomu, type Summary } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';

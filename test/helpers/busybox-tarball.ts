@@ -3,7 +3,7 @@
 // test files of one machine, so that it is downloaded once.
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
 import { sourceStage } from '../../src/stages/source.js';
 import { sharedStageContext } from './context.js';
 

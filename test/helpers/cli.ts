@@ -1,7 +1,7 @@
 // Run the real `domu` CLI as a child process, as users run it: bin/domu.js and the compiled
 // build/ (kept up to date with src/ by test/helpers/global-setup.ts).
 import { execa, type ResultPromise } from 'execa';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 export interface CliResult {
   exitCode: number;

@@ -2,10 +2,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Cache } from '../../src/pipeline/cache.js';
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import type { StageContext } from '../../src/pipeline/context.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { Cache } from '../../src/core/cache.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
+import type { StageContext } from '../../src/core/context.js';
+import { memoryLogger } from '../../src/core/log.js';
 
 export interface TestContext extends StageContext {
   lines: string[];

@@ -13,9 +13,9 @@
 import { readFile, rm } from 'node:fs/promises';
 import { inject } from 'vitest';
 import { join } from 'node:path';
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import { fetchKernelHeaders, type KernelHeaders } from '../../src/lib/kbuild.js';
-import { fetchKernelPackage, type KernelPackage } from '../../src/lib/kernel.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
+import { fetchKernelHeaders, type KernelHeaders } from '../../src/kernel/kbuild.js';
+import { fetchKernelPackage, type KernelPackage } from '../../src/kernel/kernel.js';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
 import { sharedStageContext } from './context.js';
 

@@ -5,9 +5,9 @@
 // {event: 'error', message, exitCode}. A pause lasts until a line arrives on stdin, or until
 // SIGTERM/SIGINT, which abort the publish as the CLI does (then the cleanup registry runs).
 import { createInterface } from 'node:readline';
-import { AbortedError, DomuError, errorMessage } from '../../src/lib/errors.js';
-import type { Logger } from '../../src/lib/log.js';
-import { publish, type PublishHooks, type PublishInput } from '../../src/lib/publish.js';
+import { AbortedError, DomuError, errorMessage } from '../../src/core/errors.js';
+import type { Logger } from '../../src/core/log.js';
+import { publish, type PublishHooks, type PublishInput } from '../../src/store/publish.js';
 import { makeTestContext } from './context.js';
 
 export interface ChildSpec {

@@ -2,7 +2,7 @@
 // waiting for one, resuming a pause, signals, and its end.
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 import type { ChildEvent, ChildSpec } from './publish-child.js';
 
 const CHILD = join(PROJECT_ROOT, 'test/helpers/publish-child.ts');

@@ -5,9 +5,9 @@
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import { join, relative } from 'node:path';
-import { parseFragment } from '../../src/lib/kconfig.js';
-import { projectPath } from '../../src/lib/paths.js';
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
+import { parseFragment } from '../../src/busybox/kconfig.js';
+import { projectPath } from '../../src/core/paths.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
 import { compileStage } from '../../src/stages/compile.js';
 import { extractStage } from '../../src/stages/extract.js';
 import { kconfigStage } from '../../src/stages/kconfig.js';

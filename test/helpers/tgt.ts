@@ -26,8 +26,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { run, which, type ExecEnv, type ExecResult } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { run, which, type ExecEnv, type ExecResult } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
 
 const HOST = '127.0.0.1';
 /** How long tgtd may take to answer tgtadm after the start (a bound, not an expectation). */

@@ -11,8 +11,8 @@
 import { cp, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { sha256File } from '../../src/lib/hash.js';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { sha256File } from '../../src/core/hash.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 import { tempDir } from './context.js';
 
 /** Where the shared sources are: `../shared/sources` beside the checkout (CI has it), or $DOMU_SHARED_DIR/sources. */

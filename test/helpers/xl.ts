@@ -9,7 +9,7 @@
 // that is not installed on this machine (here libyajl2), and libxen-dev (the headers of the
 // same build, to compile our preload against). `apt-get download` through a private apt
 // configuration + `dpkg-deb -x` into ONE entry `xl-offline/<package>_<version>` of the shared
-// test cache (fetchDebsIntoCache, src/lib/kernel.ts); nothing is installed (installing the
+// test cache (fetchDebsIntoCache, src/kernel/kernel.ts); nothing is installed (installing the
 // package pulls udev and upgrades systemd). Memoised per process like getKernelPackage.
 //
 // Run: `xl` fails at context creation without Xen ("cannot init xl context"). Our LD_PRELOAD
@@ -35,15 +35,15 @@ import { setMaxListeners } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { dependsNames, parseStanzas, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/lib/apt.js';
-import { tempPathFor } from '../../src/lib/atomic.js';
-import { DomuError } from '../../src/lib/errors.js';
-import { ExecError, run, type ExecEnv } from '../../src/lib/exec.js';
-import { fetchDebsIntoCache, type Deb } from '../../src/lib/kernel.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { projectPath } from '../../src/lib/paths.js';
-import { CleanupRegistry } from '../../src/pipeline/cleanup.js';
-import type { StageContext } from '../../src/pipeline/context.js';
+import { dependsNames, parseStanzas, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/fetch/apt.js';
+import { tempPathFor } from '../../src/core/atomic.js';
+import { DomuError } from '../../src/core/errors.js';
+import { ExecError, run, type ExecEnv } from '../../src/core/exec.js';
+import { fetchDebsIntoCache, type Deb } from '../../src/kernel/kernel.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { projectPath } from '../../src/core/paths.js';
+import { CleanupRegistry } from '../../src/core/cleanup.js';
+import type { StageContext } from '../../src/core/context.js';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
 import { sharedStageContext } from './context.js';
 

@@ -7,14 +7,14 @@ import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { listImage, type ImageEntry } from '../../src/lib/e2fs.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { listImage, type ImageEntry } from '../../src/fs/e2fs.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 import { RAMDISK_MODULES } from '../../src/pipeline/tasks/kernel.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { seedCache } from '../helpers/static-busybox.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
-import type { KernelPackage } from '../../src/lib/kernel.js';
+import type { KernelPackage } from '../../src/kernel/kernel.js';
 import { domu, domuJson, stage, startDomu } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 

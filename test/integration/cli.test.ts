@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { sha256 } from '../../src/lib/hash.js';
+import { sha256 } from '../../src/core/hash.js';
 import { domu, startDomu } from '../helpers/cli.js';
 import { serve } from '../helpers/http.js';
 

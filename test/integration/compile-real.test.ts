@@ -7,9 +7,9 @@ import { lstat, mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:f
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readElfFile } from '../../src/lib/elf.js';
-import { sha256 } from '../../src/lib/hash.js';
-import { projectPath } from '../../src/lib/paths.js';
+import { readElfFile } from '../../src/kernel/elf.js';
+import { sha256 } from '../../src/core/hash.js';
+import { projectPath } from '../../src/core/paths.js';
 import { REQUIRED_APPLETS } from '../../src/stages/initramfs.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { domuJson, stage, type Summary } from '../helpers/cli.js';

@@ -7,16 +7,16 @@ import { mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { loadDescription } from '../../src/pipeline/description.js';
+import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
-import type { Description } from '../../src/pipeline/schema.js';
+import type { Description } from '../../src/model/schema.js';
 import { renderConfigs } from '../../src/stages/xenconfigs.js';
 import { domu, domuJson } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
 import { iscsiCapacity, iscsiLs, startTgtd, stopAllTgtd } from '../helpers/tgt.js';
 import { getXl, type XlOffline } from '../helpers/xl.js';
-import type { KernelPackage } from '../../src/lib/kernel.js';
+import type { KernelPackage } from '../../src/kernel/kernel.js';
 
 const RELEASE = '6.1.0-56-amd64';
 let dir: string;

@@ -3,9 +3,9 @@
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { safeExtract } from '../../src/lib/tar.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { safeExtract } from '../../src/fs/tar.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { tempDir } from '../helpers/context.js';
 import { describeTree, diffTrees, type TreeEntry } from '../helpers/tree.js';

@@ -5,9 +5,9 @@ import { writeFileSync, statfsSync } from 'node:fs';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { DomuError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
 import { imageStage, type DeviceNode, type ImageInput } from '../../src/stages/image.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 

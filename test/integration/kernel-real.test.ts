@@ -8,11 +8,11 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node
 import { basename, dirname, join, relative } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { fetchKernelPackage, kernelReleaseFromImage, type KernelPackage } from '../../src/lib/kernel.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { readModinfo, type ModuleInfo } from '../../src/lib/modinfo.js';
+import { DomuError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { fetchKernelPackage, kernelReleaseFromImage, type KernelPackage } from '../../src/kernel/kernel.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { readModinfo, type ModuleInfo } from '../../src/kernel/modinfo.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { makeTestContext, tempDir, mulberry32 } from '../helpers/context.js';
 import { getKernelPackage, TEST_KERNEL_PACKAGE } from '../helpers/kernel-package.js';

@@ -4,8 +4,8 @@
 import { copyFile, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InputError } from '../../src/lib/errors.js';
-import type { KernelPackage } from '../../src/lib/kernel.js';
+import { InputError } from '../../src/core/errors.js';
+import type { KernelPackage } from '../../src/kernel/kernel.js';
 import { kernelStage, type KernelInput } from '../../src/stages/kernel.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';

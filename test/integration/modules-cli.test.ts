@@ -3,12 +3,12 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KernelPackage } from '../../src/lib/kernel.js';
+import type { KernelPackage } from '../../src/kernel/kernel.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu, domuJson } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { getKernelHeaders, getKernelPackage } from '../helpers/kernel-package.js';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 let kernel: KernelPackage;
 let dir: string;

@@ -7,13 +7,13 @@ import { lstat, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node
 import { basename, dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { sha256Sparse } from '../../src/lib/e2fs.js';
-import { DomuError, InputError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { withHeader } from '../../src/lib/genheader.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { publish, type PublishInput, type PublishOutput } from '../../src/lib/publish.js';
-import { LOCK_NAME, type LockHolder } from '../../src/lib/storelock.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
+import { DomuError, InputError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { withHeader } from '../../src/store/genheader.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { publish, type PublishInput, type PublishOutput } from '../../src/store/publish.js';
+import { LOCK_NAME, type LockHolder } from '../../src/store/storelock.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 import type { ChildEvent } from '../helpers/publish-child.js';
 

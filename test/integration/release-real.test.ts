@@ -5,8 +5,8 @@ import { chmod, copyFile, mkdir, open, readdir, readFile, rm, stat, writeFile } 
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import type { BuildRecord } from '../../src/pipeline/buildrecord.js';
-import { sha256File } from '../../src/lib/hash.js';
+import type { BuildRecord } from '../../src/model/buildrecord.js';
+import { sha256File } from '../../src/core/hash.js';
 import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
 import { domuJson, stage } from '../helpers/cli.js';

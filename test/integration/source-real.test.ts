@@ -5,7 +5,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { sha256File } from '../../src/lib/hash.js';
+import { sha256File } from '../../src/core/hash.js';
 import { sourceStage, type SourceInput } from '../../src/stages/source.js';
 import { BUSYBOX_1_35_SHA256 } from '../helpers/busybox-tarball.js';
 import { makeTestContext, type TestContext } from '../helpers/context.js';

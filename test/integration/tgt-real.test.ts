@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ExecError } from '../../src/lib/exec.js';
-import { projectPath } from '../../src/lib/paths.js';
+import { ExecError } from '../../src/core/exec.js';
+import { projectPath } from '../../src/core/paths.js';
 import { tempDir } from '../helpers/context.js';
 import { iscsiCapacity, iscsiLs, iscsiLsShownSize, isRunning, parseIscsiLs, startTgtd, stopAllTgtd, type Tgtd } from '../helpers/tgt.js';
 

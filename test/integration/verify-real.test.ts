@@ -10,11 +10,11 @@ import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { which } from '../../src/lib/exec.js';
-import { sha256File } from '../../src/lib/hash.js';
-import type { KernelPackage } from '../../src/lib/kernel.js';
-import { QemuGuest } from '../../src/lib/qemu.js';
-import type { BuildRecord } from '../../src/pipeline/buildrecord.js';
+import { which } from '../../src/core/exec.js';
+import { sha256File } from '../../src/core/hash.js';
+import type { KernelPackage } from '../../src/kernel/kernel.js';
+import { QemuGuest } from '../../src/xen/qemu.js';
+import type { BuildRecord } from '../../src/model/buildrecord.js';
 import type { VerifyOutput } from '../../src/stages/verify.js';
 import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu, domuJson, stage, startDomu } from '../helpers/cli.js';

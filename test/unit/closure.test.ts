@@ -2,10 +2,10 @@
 // test/integration/modules-real.test.ts): cycles, softdep loops, post softdeps, built-in
 // aliases, unresolvable softdeps, and kmod's alias matching (fnmatch, - and _ alike).
 import { describe, expect, it } from 'vitest';
-import { moduleClosure, transitiveDepends } from '../../src/lib/closure.js';
-import { DomuError } from '../../src/lib/errors.js';
-import { aliasMatches, type ModuleIndex } from '../../src/lib/modindex.js';
-import { moduleInfoFromSection, type ModuleInfo } from '../../src/lib/modinfo.js';
+import { moduleClosure, transitiveDepends } from '../../src/kernel/closure.js';
+import { DomuError } from '../../src/core/errors.js';
+import { aliasMatches, type ModuleIndex } from '../../src/kernel/modindex.js';
+import { moduleInfoFromSection, type ModuleInfo } from '../../src/kernel/modinfo.js';
 
 type Spec = { depends?: string; softdep?: string; alias?: string[] };
 

@@ -7,11 +7,11 @@ import { chmod, lstat, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/pr
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpioArchive, writeCpioGzip, type CpioEntry } from '../../src/lib/cpio.js';
-import { DomuError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { sha256 } from '../../src/lib/hash.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { cpioArchive, writeCpioGzip, type CpioEntry } from '../../src/fs/cpio.js';
+import { DomuError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { sha256 } from '../../src/core/hash.js';
+import { memoryLogger } from '../../src/core/log.js';
 import { tempDir } from '../helpers/context.js';
 import { describeTree, diffTrees, type TreeEntry } from '../helpers/tree.js';
 

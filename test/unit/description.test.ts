@@ -2,16 +2,16 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { InputError } from '../../src/lib/errors.js';
-import { formatSize, parseSize } from '../../src/lib/size.js';
+import { InputError } from '../../src/core/errors.js';
+import { formatSize, parseSize } from '../../src/core/size.js';
 import {
   DescriptionError,
   flagOverride,
   loadDescription,
   parseSetFlag,
   type Override,
-} from '../../src/pipeline/description.js';
-import { DEFAULTS, descriptionSchema } from '../../src/pipeline/schema.js';
+} from '../../src/model/description.js';
+import { DEFAULTS, descriptionSchema } from '../../src/model/schema.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const FIX = join(ROOT, 'test/fixtures/descriptions');

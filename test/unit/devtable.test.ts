@@ -2,9 +2,9 @@
 // every kind of error with its label:LINE prefix.
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../../src/lib/devtable.js';
-import { InputError } from '../../src/lib/errors.js';
-import { projectPath } from '../../src/lib/paths.js';
+import { formatDeviceNode, parseDeviceTable, type DeviceNode } from '../../src/fs/devtable.js';
+import { InputError } from '../../src/core/errors.js';
+import { projectPath } from '../../src/core/paths.js';
 
 /** The default table (the task's list), without line numbers. */
 const DEFAULT_DEVICES: Omit<DeviceNode, 'line'>[] = [

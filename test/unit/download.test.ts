@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { download, type DownloadOptions } from '../../src/lib/download.js';
-import { AbortedError, DomuError } from '../../src/lib/errors.js';
-import { sha256 } from '../../src/lib/hash.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { download, type DownloadOptions } from '../../src/fetch/download.js';
+import { AbortedError, DomuError } from '../../src/core/errors.js';
+import { sha256 } from '../../src/core/hash.js';
+import { memoryLogger } from '../../src/core/log.js';
 
 interface TestServer {
   url: string;

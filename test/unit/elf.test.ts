@@ -5,9 +5,9 @@
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError } from '../../src/lib/errors.js';
-import { run, which, type ExecEnv } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
+import { DomuError } from '../../src/core/errors.js';
+import { run, which, type ExecEnv } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
 import {
   DT_NEEDED,
   DT_STRSZ,
@@ -15,9 +15,7 @@ import {
   ET_DYN,
   ET_EXEC,
   ET_REL,
-  modinfoFields,
   parseElf,
-  parseModinfo,
   PT_DYNAMIC,
   PT_INTERP,
   PT_LOAD,
@@ -27,7 +25,8 @@ import {
   SHT_PROGBITS,
   SHT_STRTAB,
   type ElfFile,
-} from '../../src/lib/elf.js';
+} from '../../src/kernel/elf.js';
+import { modinfoFields, parseModinfo } from '../../src/kernel/modinfo.js';
 import { tempDir, mulberry32 } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };

@@ -1,16 +1,16 @@
 // Node errno values a user can cause (asDomuError), EFBIG wherever it hides (stage-errors), and
-// the file size probe of --out (lib/filesize.ts) on the real file system of TMPDIR.
+// the file size probe of --out (core/filesize.ts) on the real file system of TMPDIR.
 import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asDomuError, DomuError } from '../../src/lib/errors.js';
-import { exactSize, imageTooBigMessage, probeFileSize } from '../../src/lib/filesize.js';
-import { mountOf } from '../../src/lib/mounts.js';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
-import { explainStageError, FileTooBigError, findTooBig, NoSpaceError, tooBigError } from '../../src/lib/stage-errors.js';
+import { asDomuError, DomuError } from '../../src/core/errors.js';
+import { exactSize, imageTooBigMessage, probeFileSize } from '../../src/core/filesize.js';
+import { mountOf } from '../../src/core/mounts.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
+import { explainStageError, FileTooBigError, findTooBig, NoSpaceError, tooBigError } from '../../src/core/stage-errors.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -166,7 +166,7 @@ describe('probeFileSize on the real file system', () => {
     const d = join(dir, 'rlimit');
     await mkdir(d);
     const script = join(dir, 'probe.mts');
-    const lib = join(PROJECT_ROOT, 'src/lib/filesize.ts');
+    const lib = join(PROJECT_ROOT, 'src/core/filesize.ts');
     await writeFile(
       script,
       `import { checkImageFits, probeFileSize } from ${JSON.stringify(lib)};\n` +

@@ -16,15 +16,15 @@ import {
   parseDumpe2fsHeader,
   parseLayout,
   parseLsP,
-  sha256Sparse,
   statInImage,
   UUID_RE,
   type ImageEntry,
-} from '../../src/lib/e2fs.js';
-import { AbortedError, DomuError, InputError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { sha256File } from '../../src/lib/hash.js';
-import { memoryLogger } from '../../src/lib/log.js';
+} from '../../src/fs/e2fs.js';
+import { sha256Sparse } from '../../src/fs/sparse.js';
+import { AbortedError, DomuError, InputError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { sha256File } from '../../src/core/hash.js';
+import { memoryLogger } from '../../src/core/log.js';
 import { imageStage, type DeviceNode, type ImageInput, type ImageOutput } from '../../src/stages/image.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 import { describeTree, diffTrees } from '../helpers/tree.js';
@@ -316,7 +316,7 @@ describe('size and failures', () => {
       expect(await readFile(img, 'utf8')).toBe('the previous image\n');
       expect(c.lines.some((l) => /\$ mke2fs (?!-n|-V)/.test(l))).toBe(false);
       // The suggested size works.
-      const { parseSize } = await import('../../src/lib/size.js');
+      const { parseSize } = await import('../../src/core/size.js');
       const ok = await imageStage(input(s, img, { size: parseSize(m![2]!) }), c);
       expect(ok.apparentBytes).toBe(parseSize(m![2]!));
       // The minimum it named is not far from what the tree needs.

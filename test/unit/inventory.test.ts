@@ -1,8 +1,8 @@
 // Inventory validation (issue 6): every bad value is exit 2 (InputError) naming the file, line,
 // column and key path, before anything runs.
 import { describe, expect, it } from 'vitest';
-import { InputError } from '../../src/lib/errors.js';
-import { loadDescription } from '../../src/pipeline/description.js';
+import { InputError } from '../../src/core/errors.js';
+import { loadDescription } from '../../src/model/description.js';
 
 function message(text: string): string {
   try {

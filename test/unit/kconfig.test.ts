@@ -5,30 +5,26 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError, InputError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
+import { DomuError, InputError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
 import {
   describe as describeValue,
   emptyConfig,
-  evalExpr,
   formatAssignment,
-  formatExpr,
-  formatMismatches,
   get,
   isOn,
   mergeFragment,
   parseConfig,
-  parseExpr,
   parseFragment,
-  scanKconfigDeps,
   serializeConfig,
   set,
-  verifyFragment,
   type KConfig,
-  type KconfigDeps,
-} from '../../src/lib/kconfig.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { safeExtract } from '../../src/lib/tar.js';
+} from '../../src/busybox/kconfig.js';
+import { evalExpr, formatExpr, parseExpr } from '../../src/busybox/kconfig-expr.js';
+import { scanKconfigDeps, type KconfigDeps } from '../../src/busybox/kconfig-sources.js';
+import { formatMismatches, verifyFragment } from '../../src/busybox/kconfig-verify.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { safeExtract } from '../../src/fs/tar.js';
 import { getBusyboxTarball } from '../helpers/busybox-tarball.js';
 import { tempDir } from '../helpers/context.js';
 

@@ -5,10 +5,10 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { moduleCompression, moduleNameOf, parseSoftdep, readModinfo } from '../../src/lib/modinfo.js';
+import { DomuError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { moduleCompression, moduleNameOf, parseSoftdep, readModinfo } from '../../src/kernel/modinfo.js';
 import { tempDir } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };

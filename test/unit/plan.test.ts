@@ -3,8 +3,8 @@
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InputError } from '../../src/lib/errors.js';
-import { loadDescription } from '../../src/pipeline/description.js';
+import { InputError } from '../../src/core/errors.js';
+import { loadDescription } from '../../src/model/description.js';
 import { BUILD_STAGES, planBuild, planModules, type PlanFlags } from '../../src/pipeline/plan.js';
 import { tempDir } from '../helpers/context.js';
 

@@ -5,13 +5,14 @@
 import { cp, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { DeviceNode } from '../../src/lib/devtable.js';
-import { InputError } from '../../src/lib/errors.js';
-import { run, type ExecEnv } from '../../src/lib/exec.js';
-import { memoryLogger } from '../../src/lib/log.js';
-import { projectPath } from '../../src/lib/paths.js';
-import { DEFAULTS } from '../../src/pipeline/schema.js';
-import { listTree, rootfsStage, type RootfsInput, type RootfsOutput } from '../../src/stages/rootfs.js';
+import type { DeviceNode } from '../../src/fs/devtable.js';
+import { InputError } from '../../src/core/errors.js';
+import { run, type ExecEnv } from '../../src/core/exec.js';
+import { memoryLogger } from '../../src/core/log.js';
+import { projectPath } from '../../src/core/paths.js';
+import { DEFAULTS } from '../../src/model/schema.js';
+import { rootfsStage, type RootfsInput, type RootfsOutput } from '../../src/stages/rootfs.js';
+import { listTree } from '../../src/stages/rootfs-tree.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 
 const env: ExecEnv = { log: memoryLogger(), signal: new AbortController().signal };

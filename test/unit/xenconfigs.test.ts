@@ -5,13 +5,13 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { InputError } from '../../src/lib/errors.js';
-import { checkHeader } from '../../src/lib/genheader.js';
-import { derivedMac, derivedUuid, quoted } from '../../src/lib/xencfg.js';
-import { loadDescription } from '../../src/pipeline/description.js';
+import { InputError } from '../../src/core/errors.js';
+import { checkHeader } from '../../src/store/genheader.js';
+import { derivedMac, derivedUuid, quoted } from '../../src/xen/xencfg.js';
+import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
 import { renderConfigs } from '../../src/stages/xenconfigs.js';
-import { PROJECT_ROOT } from '../../src/lib/paths.js';
+import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 const GOLDEN = join(PROJECT_ROOT, 'test', 'fixtures', 'golden');
 const RELEASE = '6.1.0-56-amd64';

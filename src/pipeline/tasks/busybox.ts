@@ -1,17 +1,17 @@
 // Pipeline tasks of the busybox build: source, extract, kconfig, compile (each wraps its stage).
 import { existsSync } from 'node:fs';
-import { readTextLimited, TooLargeError } from '../../lib/textfile.js';
+import { readTextLimited, TooLargeError } from '../../core/textfile.js';
 import { isAbsolute, resolve } from 'node:path';
-import { errorMessage, InputError } from '../../lib/errors.js';
-import { parseConfig, parseFragment, type KConfig } from '../../lib/kconfig.js';
-import { projectPath } from '../../lib/paths.js';
-import { crossTarget } from '../../lib/toolchain.js';
+import { errorMessage, InputError } from '../../core/errors.js';
+import { parseConfig, parseFragment, type KConfig } from '../../busybox/kconfig.js';
+import { projectPath } from '../../core/paths.js';
+import { crossTarget } from '../../busybox/toolchain.js';
 import { compileStage } from '../../stages/compile.js';
 import { extractStage } from '../../stages/extract.js';
 import { kconfigStage, type KconfigInput } from '../../stages/kconfig.js';
 import { expectedSha256, sourceStage, type SourceInput } from '../../stages/source.js';
 import type { PipelineStage } from '../run.js';
-import { DEFAULTS, type Description } from '../schema.js';
+import { DEFAULTS, type Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 
 export const COMPAT_HEADER = projectPath('busybox-config', 'compat', 'stime.h');

@@ -2,20 +2,20 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { tempPathFor } from '../../lib/atomic.js';
-import { InputError } from '../../lib/errors.js';
-import { checkImageFits } from '../../lib/filesize.js';
-import { sha256File } from '../../lib/hash.js';
-import { readBuildRecord } from '../buildrecord.js';
+import { tempPathFor } from '../../core/atomic.js';
+import { InputError } from '../../core/errors.js';
+import { checkImageFits } from '../../core/filesize.js';
+import { sha256File } from '../../core/hash.js';
+import { readBuildRecord } from '../../model/buildrecord.js';
 import { currentImage, imageKey } from '../uptodate.js';
 import { imageStage, type StagedFiles } from '../../stages/image.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
-import { parseDeviceTable } from '../../lib/devtable.js';
+import { parseDeviceTable } from '../../fs/devtable.js';
 import type { BootFiles } from '../../stages/xenconfigs.js';
 import type { PipelineStage, PreflightCheck } from '../run.js';
-import type { StageContext } from '../context.js';
-import { DEFAULTS, type Description } from '../schema.js';
+import type { StageContext } from '../../core/context.js';
+import { DEFAULTS, type Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { resolveDataPath } from './busybox.js';
 
@@ -114,20 +114,6 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
 export function imageFitsCheck(desc: Description, flags: PlanFlags): PreflightCheck {
   const out = resolve(flags.outDir ?? 'out');
   return async ({ cleanup, log }) => checkImageFits({ dir: out, size: desc.image.size, where: 'out', register: (p) => cleanup.tempPath(p), log });
-}
-
-/**
- * Put `src` at `dest` atomically (copy or move to a temp name beside it, then rename). A `dest`
- * that already has the same content is left alone (same inode and mtime: up to date).
- */
-export async function placeFile(ctx: StageContext, src: string, dest: string, move: boolean): Promise<void> {
-  const staged = await stageFiles(ctx, await prepareFiles([{ src, dest, move }]));
-  try {
-    await staged.commit();
-  } catch (e) {
-    await staged.discard();
-    throw e;
-  }
 }
 
 /** A file to put into --out. */

@@ -1,19 +1,19 @@
 // Pipeline tasks of the guest kernel: kernel resolution, modules, and the generated ramdisk.
 import { statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { InputError } from '../../lib/errors.js';
-import { get, isOn, parseConfig } from '../../lib/kconfig.js';
-import { fetchKernelHeaders } from '../../lib/kbuild.js';
-import type { ModuleCompression } from '../../lib/modinfo.js';
+import { InputError } from '../../core/errors.js';
+import { get, isOn, parseConfig } from '../../busybox/kconfig.js';
+import { fetchKernelHeaders } from '../../kernel/kbuild.js';
+import type { ModuleCompression } from '../../kernel/modinfo.js';
 import { INIT_SCRIPT, initramfsStage } from '../../stages/initramfs.js';
-import { readBuildRecord } from '../buildrecord.js';
+import { readBuildRecord } from '../../model/buildrecord.js';
 import { fileIdentity, ramdiskKey, sameIdentity } from '../uptodate.js';
 import { bootNames, epochOf } from './image.js';
 import { kernelStage, localBuildDir, type KernelOutput } from '../../stages/kernel.js';
 import { modulesStage, resolveModules } from '../../stages/modules.js';
 import type { PipelineStage } from '../run.js';
-import type { StageContext } from '../context.js';
-import type { Description } from '../schema.js';
+import type { StageContext } from '../../core/context.js';
+import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 
 /** What the generated ramdisk loads to mount the root: Xen's block front end and ext4 (its

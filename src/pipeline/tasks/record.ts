@@ -1,13 +1,13 @@
-// The last step of a build: `out/build.json` (buildrecord.ts), written only when everything else
+// The last step of a build: `out/build.json` (model/buildrecord.ts), written only when everything else
 // succeeded. It also says whether the build changed anything at all ("up to date").
 import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
-import { sha256File } from '../../lib/hash.js';
-import { programVersion } from '../../lib/prereqs.js';
-import { DOMU_VERSION } from '../../cli/version.js';
-import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../buildrecord.js';
+import { sha256File } from '../../core/hash.js';
+import { programVersion } from '../../core/prereqs.js';
+import { DOMU_VERSION } from '../../core/version.js';
+import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../../model/buildrecord.js';
 import type { PipelineStage } from '../run.js';
-import type { Description } from '../schema.js';
+import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { fileIdentity } from '../uptodate.js';
 

@@ -2,12 +2,13 @@
 // Two stages (src/stages/release.ts): check the build in --out against its build.json, then
 // write dist/<guest>-<busybox version>-<build hash>/ through a temporary directory.
 import { resolve } from 'node:path';
-import { DOMU_VERSION } from '../../cli/version.js';
-import { hashValue } from '../../lib/hash.js';
-import { checkBuild, writeRelease, type CheckedBuild } from '../../stages/release.js';
+import { DOMU_VERSION } from '../../core/version.js';
+import { hashValue } from '../../core/hash.js';
+import { writeRelease } from '../../stages/release.js';
+import { checkBuild, type CheckedBuild } from '../../stages/release-check.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
-import type { Description } from '../schema.js';
+import type { Description } from '../../model/schema.js';
 
 export interface ReleaseFlags {
   /** Where releases go (default dist/). */
@@ -46,5 +47,5 @@ export function planRelease(description: Description, flags: PlanFlags, release:
       return { cacheHit: r.status === 'already there', note, outputs: { ...r } };
     },
   };
-  return { command: 'release', description, state: {}, stages: [check, write], notYetAvailable: [], lockOut: { dir: out, create: false } };
+  return { command: 'release', description, state: {}, stages: [check, write], lockOut: { dir: out, create: false } };
 }

@@ -2,10 +2,11 @@
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
-import { checkImageFits } from '../../lib/filesize.js';
-import { checkStore, publish } from '../../lib/publish.js';
+import { checkImageFits } from '../../core/filesize.js';
+import { publish } from '../../store/publish.js';
+import { checkStore } from '../../store/store-check.js';
 import type { PipelineStage } from '../run.js';
-import type { Description } from '../schema.js';
+import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { bootNames } from './image.js';
 
@@ -48,7 +49,7 @@ export function storeCheckTask(desc: Description, flags: PlanFlags, imageSize?: 
 }
 
 /**
- * --publish: the --out tree into the store (lib/publish.ts: lock, hand-edit check, temp + fsync
+ * --publish: the --out tree into the store (store/publish.ts: lock, hand-edit check, temp + fsync
  * + rename, the previous image kept as .prev). A build publishes the image, boot/ and the
  * configs; `domu configs` the configs only, and warns when they name boot files the store lacks.
  */

@@ -4,12 +4,12 @@
 // checked before anything runs.
 import { readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { errorMessage, InputError } from '../../lib/errors.js';
+import { errorMessage, InputError } from '../../core/errors.js';
 import { verifyNote, verifyStage } from '../../stages/verify.js';
-import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../buildrecord.js';
+import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../../model/buildrecord.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import { fileIdentity, sameIdentity } from '../uptodate.js';
-import type { Description } from '../schema.js';
+import type { Description } from '../../model/schema.js';
 
 export interface VerifyFlags {
   /** Seconds to wait for the ready marker (default 120). */
@@ -66,7 +66,6 @@ export function planVerify(_description: Description, flags: PlanFlags, verify: 
     command: 'verify',
     description: record.description,
     state: {},
-    notYetAvailable: [],
     lockOut: { dir: out, create: false },
     stages: [
       {

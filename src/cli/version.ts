@@ -1,4 +1,0 @@
-import { readFileSync } from 'node:fs';
-import { projectPath } from '../lib/paths.js';
-
-export const DOMU_VERSION: string = (JSON.parse(readFileSync(projectPath('package.json'), 'utf8')) as { version: string }).version;

@@ -1,0 +1,360 @@
+// The build description (`guest.yaml`, design.md "Build description") as a zod schema.
+// Every object is strict (an unknown key is an error); every key has the reference lab's value as
+// its default, so `descriptionSchema.parse({})` is the lab. Messages here say what was expected and
+// what was given; where it was given (file:line:col or flag) is added by description.ts.
+import { z } from 'zod';
+import { formatSize, parseSize } from '../core/size.js';
+import { CONFIG_UNSAFE } from '../xen/xencfg.js';
+
+const MiB = 2 ** 20;
+const MIN_IMAGE_BYTES = 16 * MiB;
+const IMAGE_BLOCK = 4096;
+
+/** A value as the user would recognise it in an error message. */
+export function describeValue(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'an empty value';
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return typeof v;
+}
+
+/** `expected X, got Y`, or `missing (expected X)` when there is no value. */
+function expected(what: string, input: unknown, hint = ''): string {
+  if (input === undefined) return `missing: expected ${what}`;
+  return `expected ${what}, got ${describeValue(input)}${hint}`;
+}
+
+/** For a text field given a number or boolean that would do as text (YAML reads `7` as a number). */
+function quoteHint(input: unknown, test: (s: string) => boolean): string {
+  return (typeof input === 'number' || typeof input === 'boolean') && test(String(input)) ? ' (put it in quotes to make it text)' : '';
+}
+
+/** A string checked by `test`; `what` reads as "expected <what>". */
+function text(what: string, test: (s: string) => boolean = (s) => s.length > 0) {
+  return z
+    .string({ error: (iss) => expected(what, iss.input, quoteHint(iss.input, test)) })
+    .superRefine((s, ctx) => {
+      if (!test(s)) ctx.addIssue({ code: 'custom', message: expected(what, s) });
+    });
+}
+
+/** For a list field given nothing or one item. */
+function listHint(input: unknown): string {
+  if (input === null) return ' (write [] for none)';
+  if (typeof input === 'string') return ` (write [${input}] for a list of one)`;
+  return '';
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  const list = values.join(', ');
+  return z.enum(values, { error: (iss) => expected(`one of ${list}`, iss.input) });
+}
+
+const matches = (re: RegExp) => (s: string) => re.test(s);
+
+/** Text that goes into quoted strings of generated files: no quotes, newlines or NULs. */
+/**
+ * Text that goes into quoted strings of generated files (Xen configs, sxp, ifcfg): no quotes of
+ * either kind, no backslash (an escape in some of those grammars), no `#` (a comment in all of
+ * them), no control characters (newline, NUL, …).
+ */
+const safeText = (s: string) => !CONFIG_UNSAFE.test(s);
+const SAFE_NOTE = '(no quotes, backslashes, # or control characters)';
+const isAbsolutePath = (s: string) => s.startsWith('/') && safeText(s);
+const isPath = (s: string) => s.length > 0 && safeText(s);
+
+const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const IPV4_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
+const CIDR_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}/(?:3[0-2]|[12]?\\d)$`);
+const LABEL = '[a-z0-9](?:[a-z0-9-]*[a-z0-9])?';
+const IQN_RE = new RegExp(`^iqn\\.\\d{4}-(?:0[1-9]|1[0-2])\\.${LABEL}(?:\\.${LABEL})*:[a-z0-9.:-]+$`);
+
+function isNetmask(s: string): boolean {
+  if (!IPV4_RE.test(s)) return false;
+  const bits = s.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  const inv = 2 ** 32 - 1 - bits;
+  return (inv & (inv + 1)) === 0; // ones then zeros
+}
+
+const MAC_RE = /^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$/;
+/** A MAC address for a NIC: six hex octets, not multicast (bit 0 of the first octet), not all zero. */
+function isUnicastMac(s: string): boolean {
+  return MAC_RE.test(s) && (parseInt(s.slice(0, 2), 16) & 1) === 0 && !/^(?:00:){5}00$/.test(s);
+}
+
+function isHttpUrl(s: string): boolean {
+  if (!/^https?:\/\//.test(s)) return false;
+  try {
+    const u = new URL(s);
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '' && u.search === '' && u.hash === '';
+  } catch {
+    return false;
+  }
+}
+
+export const CRASH_ACTIONS = [
+  'destroy',
+  'restart',
+  'preserve',
+  'rename-restart',
+  'coredump-destroy',
+  'coredump-restart',
+  'soft-reset',
+] as const;
+
+const memory = z
+  .number({ error: (iss) => memoryMessage(iss.input) })
+  .superRefine((n, ctx) => {
+    if (!Number.isSafeInteger(n)) ctx.addIssue({ code: 'custom', message: memoryMessage(n) });
+    else if (n < 16) ctx.addIssue({ code: 'custom', message: `expected at least 16 MiB, got ${n}` });
+  });
+
+function memoryMessage(input: unknown): string {
+  let hint = '';
+  if (typeof input === 'string') {
+    const t = input.trim();
+    let bytes: number | undefined;
+    if (/^\d+$/.test(t)) bytes = Number(t) * MiB; // "512": a quoted number of MiB
+    else {
+      try {
+        bytes = parseSize(t);
+      } catch {
+        bytes = undefined;
+      }
+    }
+    if (bytes !== undefined && bytes > 0 && bytes % MiB === 0) hint = ` (write ${bytes / MiB})`;
+  }
+  return expected('an integer number of MiB', input, hint);
+}
+
+const vcpus = z
+  .number({ error: (iss) => expected('an integer from 1 to 128', iss.input) })
+  .superRefine((n, ctx) => {
+    if (!Number.isInteger(n) || n < 1 || n > 128) {
+      ctx.addIssue({ code: 'custom', message: expected('an integer from 1 to 128', n) });
+    }
+  });
+
+/** image.size: text or bytes in, bytes out; whole 4 KiB blocks, at least 16 MiB. */
+const imageSize = z.unknown().transform((v, ctx): number => {
+  if (typeof v !== 'string' && typeof v !== 'number') {
+    ctx.addIssue({ code: 'custom', message: expected('a size like 1G or a number of bytes', v) });
+    return z.NEVER;
+  }
+  let bytes: number;
+  try {
+    bytes = parseSize(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+  if (bytes < MIN_IMAGE_BYTES) {
+    ctx.addIssue({ code: 'custom', message: `expected at least ${formatSize(MIN_IMAGE_BYTES)}, got ${describeValue(v)} (${bytes} bytes)` });
+    return z.NEVER;
+  }
+  if (bytes % IMAGE_BLOCK !== 0) {
+    const up = Math.ceil(bytes / IMAGE_BLOCK) * IMAGE_BLOCK;
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected a multiple of 4096 bytes, got ${describeValue(v)} (${bytes} bytes; ${formatSize(up)} would do)`,
+    });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/** An object whose unknown keys are errors, with a readable message when it is not a mapping. */
+function section<S extends z.ZodRawShape>(what: string, shape: S) {
+  const keys = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (iss) => (iss.code === 'invalid_type' ? expected(`a mapping of ${what} (${keys})`, iss.input) : undefined),
+  });
+}
+
+export const guestSchema = section('guest settings', {
+  name: text('a guest name of up to 64 characters [a-z0-9_.-], starting with a letter or digit', matches(/^[a-z0-9][a-z0-9_.-]{0,63}$/)).prefault('busybox'),
+  memory: memory.prefault(512),
+  /** Maximum memory in MiB (balloon limit); default: memory. */
+  maxmem: memory.optional(),
+  vcpus: vcpus.prefault(1),
+  root: text(`a root device and options, e.g. "/dev/xvda ro" ${SAFE_NOTE}`, (s) => s.length > 0 && safeText(s)).prefault('/dev/xvda ro'),
+  extra: text(`kernel command line text ${SAFE_NOTE}`, safeText).prefault('selinux=0 init=/bin/sh'),
+  /** The guest NIC's MAC; default: derived from the guest name inside Xen's 00:16:3e prefix. */
+  mac: text('a unicast MAC address like 00:16:3e:12:34:56', isUnicastMac).transform((m) => m.toLowerCase()).optional(),
+  on_crash: oneOf(CRASH_ACTIONS).prefault('destroy'),
+  on_reboot: oneOf(CRASH_ACTIONS).prefault('destroy'),
+  on_poweroff: oneOf(CRASH_ACTIONS).prefault('destroy'),
+});
+
+export const busyboxSchema = section('busybox settings', {
+  version: text('a busybox release like 1.35.0', matches(/^\d+\.\d+\.\d+$/)).prefault('1.22.1'),
+  fallback: oneOf(['distro', 'none'] as const).prefault('distro'),
+  fragment: text('the path of a kconfig fragment', isPath).prefault('busybox-config/static.fragment'),
+  /** A full busybox .config used instead of defconfig + fragment. */
+  config: text('the path of a busybox .config', isPath).optional(),
+  libc: oneOf(['glibc', 'musl'] as const).prefault('glibc'),
+  /** A cross toolchain prefix (CROSS_COMPILE), e.g. aarch64-linux-gnu-; absent for a native build. */
+  cross_compile: text('a toolchain prefix ending in "-", like aarch64-linux-gnu-', matches(/^[A-Za-z0-9_.+]+(-[A-Za-z0-9_.+]+)*-$/)).optional(),
+  /** Base URLs; the tarball is `<mirror>/busybox-<version>.tar.bz2`. Kept without trailing `/`. */
+  mirrors: z
+    .array(
+      text('an http(s) base URL like https://busybox.net/downloads', isHttpUrl).transform((s) => s.replace(/\/+$/, '')),
+      { error: (iss) => expected('a list of http(s) base URLs', iss.input, listHint(iss.input)) },
+    )
+    .prefault([]),
+});
+
+export const imageSchema = section('image settings', {
+  file: text('a plain file name like busybox.img (no /)', (s) => s.length > 0 && s !== '.' && s !== '..' && !s.includes('/') && safeText(s)).prefault('busybox.img'),
+  size: imageSize.prefault('1G'),
+  populate: oneOf(['auto', 'rootless', 'mount'] as const).prefault('auto'),
+  skel: text('the path of a directory laid over the guest root', isPath).prefault('rootfs-skel'),
+});
+
+export const kernelSchema = section('kernel settings', {
+  image: text('auto or an absolute path like /boot/vmlinuz-<release>', (s) => s === 'auto' || isAbsolutePath(s)).prefault('auto'),
+  modules: text('auto or an absolute path like /lib/modules/<release>', (s) => s === 'auto' || isAbsolutePath(s)).prefault('auto'),
+  ramdisk: text('generate, none or an absolute path', (s) => s === 'generate' || s === 'none' || isAbsolutePath(s)).prefault('generate'),
+  /**
+   * Copy the kernel and ramdisk into the store's boot/ (the configs name them there, the same on
+   * every host); false: the configs name kernel.image / kernel.ramdisk as given, which must then
+   * exist at that path on every Dom0 (the reference lab's way).
+   */
+  ship: z.boolean({ error: (iss) => expected('true or false', iss.input) }).prefault(true),
+  package: text('a Debian package name like linux-image-amd64', matches(/^[a-z0-9][a-z0-9+.-]+$/)).prefault('linux-image-amd64'),
+});
+
+const moduleName = text('a module name like xen-netfront ([A-Za-z0-9_-])', matches(/^[A-Za-z0-9_-]+$/));
+
+/** An out-of-tree module: a kbuild source directory, built against the guest kernel's headers. */
+const moduleSource = section('out-of-tree module settings', {
+  source: text('the path of an out-of-tree module source directory (with a Kbuild or Makefile)', isPath),
+});
+
+/** A `modules:` entry: a name (or alias) from the kernel's modules, or `{ source: dir }`. */
+const moduleEntry = z.union([moduleName, moduleSource], {
+  error: (iss) => expected('a module name like xen-netfront or { source: <dir> }', iss.input),
+});
+
+export const storeSchema = section('store settings', {
+  path: text('an absolute path like /scsistore', isAbsolutePath).prefault('/scsistore'),
+  server: text('an IPv4 address like 172.16.31.3', matches(IPV4_RE)).prefault('172.16.31.3'),
+  iqn: text('an iSCSI name like iqn.2015-02.com.example:target (lowercase)', matches(IQN_RE)).prefault('iqn.2015-02.com.stu31:t1'),
+  initiators: text('an IPv4 network like 172.16.31.0/24', matches(CIDR_RE)).prefault('172.16.31.0/24'),
+  /** The target's backing store on the storage server (targets.conf). */
+  backing_store: text('an absolute path like /dev/sda3', isAbsolutePath).prefault('/dev/sda3'),
+});
+
+export const xenSchema = section('Xen settings', {
+  /** xl (Xen ≥ 4.5) or xm (xend, the reference lab's Xen 4.2). */
+  toolstack: oneOf(['xl', 'xm'] as const).prefault('xl'),
+  /** xend's relocation port (xm live migration). */
+  relocation_port: z
+    .number({ error: (iss) => expected('a TCP port from 1 to 65535', iss.input) })
+    .superRefine((n, ctx) => {
+      if (!Number.isInteger(n) || n < 1 || n > 65535) ctx.addIssue({ code: 'custom', message: expected('a TCP port from 1 to 65535', n) });
+    })
+    .prefault(8002),
+});
+
+/** The Dom0s' network (ifcfg files), shared by every host. */
+export const networkSchema = section('network settings', {
+  netmask: text('an IPv4 netmask like 255.255.0.0', isNetmask).prefault('255.255.0.0'),
+  gateway: text('an IPv4 address like 172.16.0.1', matches(IPV4_RE)).prefault('172.16.0.1'),
+});
+
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+
+export const hostSchema = section('host settings', {
+  name: text('a host name [a-z0-9-], starting with a letter or digit', matches(/^[a-z0-9][a-z0-9-]{0,62}$/)),
+  address: text('an IPv4 address like 172.16.31.1', matches(IPV4_RE)),
+  bridge: text('a bridge name of 1 to 15 characters [A-Za-z0-9_.-]', matches(IFNAME)),
+  /** The physical NIC enslaved to the bridge (ifcfg-<nic>). */
+  nic: text('an interface name of 1 to 15 characters [A-Za-z0-9_.-]', matches(IFNAME)).prefault('eth0'),
+  /** The NIC's MAC (HWADDR in ifcfg-<nic>); optional. */
+  hwaddr: text('a unicast MAC address like 08:00:27:16:d9:aa', isUnicastMac).transform((m) => m.toLowerCase()).optional(),
+  /** Where this host mounts the store, when not store.path. Must agree across hosts (migration). */
+  store_path: text('an absolute path like /scsistore', isAbsolutePath).optional(),
+  /** This host's kernel / ramdisk path in the domain config. Must agree across hosts (migration). */
+  kernel: text('an absolute path like /boot/vmlinuz-<release>', isAbsolutePath).optional(),
+  ramdisk: text('an absolute path like /boot/initrd.img-<release>', isAbsolutePath).optional(),
+});
+
+const hosts = z
+  .array(hostSchema, { error: (iss) => expected('a list of hosts ({ name, address, bridge })', iss.input) })
+  .superRefine((list, ctx) => {
+    if (list.length === 0) {
+      ctx.addIssue({ code: 'custom', message: 'expected at least one host, got an empty list' });
+      return;
+    }
+    for (const key of ['name', 'address', 'hwaddr'] as const) {
+      const seen = new Map<string, number>();
+      list.forEach((h, i) => {
+        const v = (h as Partial<Record<string, unknown>> | undefined)?.[key];
+        if (typeof v !== 'string') return;
+        const first = seen.get(v);
+        if (first === undefined) seen.set(v, i);
+        else ctx.addIssue({ code: 'custom', path: [i, key], message: `duplicate host ${key} ${JSON.stringify(v)} (already hosts.${first}.${key})` });
+      });
+    }
+  }, { when: (p) => Array.isArray(p.value) }); // also when an element has other problems: report all
+
+export const descriptionSchema = section('sections', {
+  guest: guestSchema.prefault({}),
+  busybox: busyboxSchema.prefault({}),
+  image: imageSchema.prefault({}),
+  kernel: kernelSchema.prefault({}),
+  modules: z
+    .array(moduleEntry, { error: (iss) => expected('a list of module names', iss.input, listHint(iss.input)) })
+    .prefault(['xen-netfront']),
+  store: storeSchema.prefault({}),
+  xen: xenSchema.prefault({}),
+  network: networkSchema.prefault({}),
+  hosts: hosts.prefault([
+    { name: 'test1', address: '172.16.31.1', bridge: 'xenbr0', hwaddr: '08:00:27:16:d9:aa' },
+    { name: 'test2', address: '172.16.31.2', bridge: 'xenbr0', hwaddr: '08:00:27:6a:9d:57' },
+  ]),
+}).superRefine((d, ctx) => {
+  // Cross-key checks, each at the key to fix.
+  if (d.guest.maxmem !== undefined && d.guest.maxmem < d.guest.memory) {
+    ctx.addIssue({ code: 'custom', path: ['guest', 'maxmem'], message: `expected at least guest.memory (${d.guest.memory} MiB), got ${d.guest.maxmem}` });
+  }
+  const mac = d.guest.mac;
+  if (mac !== undefined) {
+    d.hosts.forEach((h, i) => {
+      if (h.hwaddr === mac) ctx.addIssue({ code: 'custom', path: ['guest', 'mac'], message: `${mac} is also hosts.${i}.hwaddr (${h.name}): a MAC must be unique on the network` });
+    });
+  }
+});
+
+export type Description = z.output<typeof descriptionSchema>;
+export type DescriptionInput = z.input<typeof descriptionSchema>;
+
+/** The mapping sections (an empty `kernel:` in a file means "all defaults"). */
+export const SECTIONS = ['guest', 'busybox', 'image', 'kernel', 'store', 'xen', 'network'] as const;
+
+const SECTION_SCHEMAS = { guest: guestSchema, busybox: busyboxSchema, image: imageSchema, kernel: kernelSchema, store: storeSchema, xen: xenSchema, network: networkSchema };
+
+/** The keys allowed in the mapping at `path` (for "unknown key" messages), or undefined. */
+export function allowedKeys(path: readonly PropertyKey[]): string[] | undefined {
+  if (path.length === 0) return Object.keys(descriptionSchema.shape);
+  if (path.length === 1 && Object.hasOwn(SECTION_SCHEMAS, path[0] as string)) {
+    return Object.keys(SECTION_SCHEMAS[path[0] as keyof typeof SECTION_SCHEMAS].shape);
+  }
+  if (path.length === 2 && path[0] === 'hosts') return Object.keys(hostSchema.shape);
+  return undefined;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object') {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}
+
+/** The reference lab (design.md): what an empty description means. Frozen; clone to modify. */
+export const DEFAULTS: Description = deepFreeze(descriptionSchema.parse({}));
