@@ -1,5 +1,5 @@
 // Once per test run, before any test file: when the run began (for fixtures resolved per run),
-// and the compiled CLI (build/) must be the code in src/.
+// the compiled CLI (build/) must be the code in src/, and the shared fixtures are made.
 // Tests run `domu` as users do, through bin/domu.js and build/ (test/helpers/cli.ts): a fresh
 // process per run, without compiling TypeScript each time (tsx cost about 0.6 s per process,
 // and the suite starts several hundred). `make test` has just built it; a run of vitest alone
@@ -8,6 +8,9 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { TestProject } from 'vitest/node';
+import { TEST_CACHE_DIR } from './busybox-tarball.js';
+import { getKernelPackage } from './kernel-package.js';
+import { getStaticBusybox } from './static-busybox.js';
 import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 const newestMtime = (dir: string): number =>
@@ -20,11 +23,23 @@ declare module 'vitest' {
   }
 }
 
-export default function setup({ provide }: TestProject): void {
+/** Whether the run names test files and all of them are unit tests (which need no fixtures). */
+function unitOnly(): boolean {
+  const files = process.argv.slice(2).filter((a) => !a.startsWith('-') && a !== 'run' && a !== 'vitest');
+  return files.length > 0 && files.every((f) => /(^|\/)test\/unit(\/|$)/.test(f));
+}
+
+export default async function setup({ provide }: TestProject): Promise<void> {
   provide('testRunStart', Date.now());
   const main = join(PROJECT_ROOT, 'build', 'cli', 'main.js');
   const stale = !existsSync(main) || newestMtime(join(PROJECT_ROOT, 'src')) > statSync(main).mtimeMs;
-  if (!stale) return;
-  process.stderr.write('global setup: src/ is newer than build/; compiling the CLI (npm run build)\n');
-  execFileSync(process.execPath, [join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: PROJECT_ROOT, stdio: 'inherit' });
+  if (stale) {
+    process.stderr.write('global setup: src/ is newer than build/; compiling the CLI (npm run build)\n');
+    execFileSync(process.execPath, [join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: PROJECT_ROOT, stdio: 'inherit' });
+  }
+  if (unitOnly()) return;
+  // What many files start with, made once before they start (a lookup when the cache has it):
+  // otherwise the first two files, in two workers, each compile busybox and download the kernel.
+  process.stderr.write(`global setup: shared fixtures in ${TEST_CACHE_DIR} (the busybox 1.35.0 tarball and static build, Debian's kernel)\n`);
+  await Promise.all([getStaticBusybox(), getKernelPackage()]);
 }
