@@ -14,6 +14,9 @@ import type { PipelineStage, PreflightCheck } from './run.js';
 import type { Description } from '../model/schema.js';
 import type { BuildRecord } from '../model/buildrecord.js';
 
+/** The stages of `domu build`, in order (`--until` names one). */
+export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs'] as const;
+
 export interface PlanFlags {
   strictVersion?: boolean;
   source?: string | undefined;

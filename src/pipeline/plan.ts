@@ -3,7 +3,7 @@
 // builder (src/pipeline/tasks/) checks its inputs when it is called, before any stage runs.
 import { InputError } from '../core/errors.js';
 import { modulesStage, resolveModules } from '../stages/modules.js';
-import type { Plan, PlanFlags, PlanState } from './plan-types.js';
+import { BUILD_STAGES, type Plan, type PlanFlags, type PlanState } from './plan-types.js';
 import type { PipelineStage } from './run.js';
 import type { Description } from '../model/schema.js';
 import { compileTask, extractTask, kconfigTask, sourceTask } from './tasks/busybox.js';
@@ -12,7 +12,7 @@ import { checkRamdisk, headersFor, initramfsTask, kernelTask, moduleNames, modul
 import { publishTask, storeCheckTask, xenConfigsTask } from './tasks/store.js';
 import { recordTask } from './tasks/record.js';
 
-export type { Plan, PlanFlags, PlanState } from './plan-types.js';
+export { BUILD_STAGES, type Plan, type PlanFlags, type PlanState } from './plan-types.js';
 export { COMPAT_HEADER, resolveDataPath, sourceInput } from './tasks/busybox.js';
 export { bootNames } from './tasks/image.js';
 export { RAMDISK_MODULES } from './tasks/kernel.js';
@@ -35,7 +35,6 @@ export function planFetch(description: Description, flags: PlanFlags): Plan {
   return { command: 'fetch', description, state, stages: [sourceTask(description, flags, state)] };
 }
 
-export const BUILD_STAGES = ['source', 'extract', 'kconfig', 'compile', 'kernel', 'modules', 'rootfs', 'initramfs', 'image', 'xen configs'] as const;
 
 /** `domu modules`: the kernel, then the closure and checks of `names` (default: the description's). */
 export function planModules(description: Description, flags: PlanFlags, names: readonly string[]): Plan {
