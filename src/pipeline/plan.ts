@@ -1,6 +1,7 @@
 // The plan: a validated description plus flags compiled into the stages to run.
 // Everything that can be checked without running anything is checked here (exit 2): each task
 // builder (src/pipeline/tasks/) checks its inputs when it is called, before any stage runs.
+import { count } from '../core/plural.js';
 import { InputError } from '../core/errors.js';
 import { modulesStage, resolveModules } from '../stages/modules.js';
 import { BUILD_STAGES, type Plan, type PlanFlags, type PlanState } from './plan-types.js';
@@ -52,7 +53,7 @@ export function planModules(description: Description, flags: PlanFlags, names: r
       // Out-of-tree modules of the description have to be compiled before they can be checked.
       const set = sources.length ? (await modulesStage({ ...input, sources, buildDir: await headersFor(k, ctx), jobs: flags.jobs }, ctx)).set : await resolveModules(input, ctx);
       state.moduleSet = set;
-      return { cacheHit: set.index.source === 'cached', note: `${set.closure.modules.length} modules: ${set.closure.modules.map((m) => m.name).join(' ')}`, outputs: {} };
+      return { cacheHit: set.index.source === 'cached', note: `${count(set.closure.modules.length, 'module')}: ${set.closure.modules.map((m) => m.name).join(' ')}`, outputs: {} };
     },
   };
   return { command: 'modules', description, state, stages: [kernelTask(description, state, true), resolveTask] };

@@ -1,4 +1,5 @@
 // Pipeline tasks of the busybox build: source, extract, kconfig, compile (each wraps its stage).
+import { count } from '../../core/plural.js';
 import { existsSync } from 'node:fs';
 import { readTextLimited, TooLargeError } from '../../core/textfile.js';
 import { isAbsolute, resolve } from 'node:path';
@@ -133,7 +134,7 @@ export function kconfigTask(desc: Description, flags: PlanFlags, state: PlanStat
       state.kconfig = k;
       return {
         cacheHit: k.cacheHit,
-        note: `${k.symbolsVerified} symbols verified${k.adjustments.length ? `, ${k.adjustments.length} adjustments` : ''}`,
+        note: `${count(k.symbolsVerified, 'symbol')} verified${k.adjustments.length ? `, ${count(k.adjustments.length, 'adjustment')}` : ''}`,
         outputs: {
           configSha256: k.configSha256,
           source: source.path,

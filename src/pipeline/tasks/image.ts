@@ -1,4 +1,5 @@
 // Pipeline tasks of the guest disk: rootfs and image, and placing kernel and ramdisk in --out/boot.
+import { count } from '../../core/plural.js';
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -59,7 +60,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
         ctx,
       );
       state.rootfs = r;
-      return { cacheHit: false, note: `${r.files} files, ${r.symlinks} links, ${r.devices.length} device nodes`, outputs: { ...r, imageKey: state.imageKey } };
+      return { cacheHit: false, note: `${count(r.files, 'file')}, ${count(r.symlinks, 'link')}, ${count(r.devices.length, 'device node')}`, outputs: { ...r, imageKey: state.imageKey } };
     },
   };
 }

@@ -1,4 +1,5 @@
 // Pipeline tasks of the guest kernel: kernel resolution, modules, and the generated ramdisk.
+import { count } from '../../core/plural.js';
 import { statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { InputError } from '../../core/errors.js';
@@ -90,7 +91,7 @@ export function modulesTask(desc: Description, flags: PlanFlags, state: PlanStat
       const kib = (n: number) => `${Math.round(n / 1024)} KiB`;
       return {
         cacheHit: false,
-        note: `${m.loadOrder.length} modules (${kib(m.bytes)}): ${m.loadOrder.join(' ') || 'none'}`,
+        note: `${count(m.loadOrder.length, 'module')} (${kib(m.bytes)}): ${m.loadOrder.join(' ') || 'none'}`,
         outputs: { release: m.release, loadOrder: m.loadOrder, modules: m.modules, builtin: m.builtin, warnings: m.warnings, indexSource: m.indexSource, bytes: m.bytes },
       };
     },
@@ -125,7 +126,7 @@ export function initramfsTask(desc: Description, flags: PlanFlags, state: PlanSt
       }
       const r = await initramfsStage(input, ctx);
       state.initramfs = r;
-      return { cacheHit: false, note: `${(r.size / 1048576).toFixed(1)} MiB, ${r.modules.length} modules`, outputs: { ...r } };
+      return { cacheHit: false, note: `${(r.size / 1048576).toFixed(1)} MiB, ${count(r.modules.length, 'module')}`, outputs: { ...r } };
     },
   };
 }

@@ -1,6 +1,7 @@
 // `domu release`: versioned, reproducible release artifacts of the build in --out (issue 7).
 // Two stages (src/stages/release.ts): check the build in --out against its build.json, then
 // write dist/<guest>-<busybox version>-<build hash>/ through a temporary directory.
+import { count } from '../../core/plural.js';
 import { resolve } from 'node:path';
 import { DOMU_VERSION } from '../../core/version.js';
 import { hashValue } from '../../core/hash.js';
@@ -32,7 +33,7 @@ export function planRelease(description: Description, flags: PlanFlags, release:
       const boot = [build.kernel, build.ramdisk].filter((f) => f !== null).map((f) => f.path);
       return {
         cacheHit: false,
-        note: `build ${r.buildHash.slice(0, 12)}: image, ${boot.length} boot files, ${build.configs.length} configs unchanged`,
+        note: `build ${r.buildHash.slice(0, 12)}: image, ${count(boot.length, 'boot file')}, ${count(build.configs.length, 'config')} unchanged`,
         outputs: { outDir: out, buildHash: r.buildHash, image: r.image.path, imageSha256: r.image.sha256, boot, configs: build.configs.map((c) => c.path) },
       };
     },

@@ -1,4 +1,5 @@
 // Pipeline tasks of the store: the xen configs, the store check and --publish.
+import { count } from '../../core/plural.js';
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
@@ -26,7 +27,7 @@ export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanS
       const result = renderConfigs(desc, boot, { allowInconsistent: flags.allowInconsistent ?? false });
       const c = await writeConfigs(result, out, ctx);
       state.configs = c;
-      return { cacheHit: false, note: `${c.files.length} files (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
+      return { cacheHit: false, note: `${count(c.files.length, 'file')} (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
     },
   };
 }
