@@ -11,6 +11,7 @@ import { Run, type OutputMode } from '../pipeline/run.js';
 import type { Description } from '../model/schema.js';
 import { parseEpoch } from '../core/epoch.js';
 import { buildSummary, formatSummary } from './summary.js';
+import { formatBuildTty } from './summary-tty.js';
 import { printError } from './print-error.js';
 
 export interface CommonOpts {
@@ -153,7 +154,8 @@ async function runPlan(plan: Plan, o: CommonOpts): Promise<number> {
   try {
     const records = await run.execute(plan.stages);
     const summary = buildSummary(plan, records, run.runLog.warnings, { log: run.logFile });
-    process.stdout.write(mode === 'json' ? `${JSON.stringify(summary, null, 2)}\n` : `${formatSummary(summary)}\n`);
+    const text = mode === 'json' ? JSON.stringify(summary, null, 2) : mode === 'tty' && summary.artifacts ? formatBuildTty(summary) : formatSummary(summary);
+    process.stdout.write(`${text}\n`);
     return 0;
   } catch (error) {
     const e = asDomuError(error);
