@@ -32,12 +32,14 @@ export interface ResolveModulesInput {
   requests: readonly string[];
   extra?: readonly ExtraModule[];
   forceVermagic?: boolean;
+  /** The index of `modulesDir` already read in this run (the ramdisk's modules reuse the guest's). */
+  index?: ModuleIndex | undefined;
 }
 
 /** Index, closure and vermagic verdicts: what `domu modules` shows and the stages build on. */
 export async function resolveModules(input: ResolveModulesInput, ctx: StageContext): Promise<ModuleSet> {
   ctx.progress('indexing modules');
-  const index = await indexModules(input.modulesDir, { cache: ctx.cache, env: ctx, progress: ctx.progress });
+  const index = input.index?.dir === input.modulesDir ? input.index : await indexModules(input.modulesDir, { cache: ctx.cache, env: ctx, progress: ctx.progress });
   ctx.log.info(`modules: ${index.paths.size} modules in ${input.modulesDir} (index from ${index.source}), ${index.builtin.size} built in`);
   const closure = await moduleClosure(index, input.requests, { readInfo: (f) => readModinfo(f, ctx), extra: input.extra });
   for (const w of closure.warnings) ctx.log.warn(w);

@@ -104,7 +104,8 @@ export function initramfsTask(desc: Description, flags: PlanFlags, state: PlanSt
     title: 'Generate the guest ramdisk',
     run: async (ctx) => {
       const k = state.kernel!;
-      const set = await resolveModules({ release: k.release, modulesDir: k.modulesDir, requests: RAMDISK_MODULES, forceVermagic: flags.forceVermagic ?? false }, ctx);
+      // The modules tree was indexed by the modules stage of this run: not walked a second time.
+      const set = await resolveModules({ release: k.release, modulesDir: k.modulesDir, requests: RAMDISK_MODULES, forceVermagic: flags.forceVermagic ?? false, index: state.modules?.set.index }, ctx);
       const sourceDateEpoch = await epochOf(flags, state);
       const input = {
         busybox: join(state.compile!.installTree, 'bin', 'busybox'),
