@@ -4,6 +4,7 @@ import { constants, existsSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { execa } from 'execa';
 import { abortError, DomuError } from './errors.js';
 import type { Logger } from './log.js';
 
@@ -54,11 +55,6 @@ export function commandLine(file: string, args: readonly string[]): string {
   return [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
 }
 
-// execa (and its ~250 modules) is loaded on the first program a run starts, not when the CLI
-// starts: `domu --help`, a no-op build and `domu configs` may start none.
-let execaModule: Promise<typeof import('execa')> | undefined;
-const loadExeca = () => (execaModule ??= import('execa'));
-
 export async function run(env: ExecEnv, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return runFedBy(env, undefined, file, args, opts);
 }
@@ -94,7 +90,6 @@ export async function runFedBy(env: ExecEnv, producer: readonly [string, readonl
     stripFinalNewline: true,
     ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
   } as const;
-  const { execa } = await loadExeca();
   let result;
   if (producer) {
     const feeder = execa(...dyingWithUs(producer[0], producer[1]), { stdin: 'ignore', buffer: false, reject: false, cancelSignal: env.signal });
@@ -176,9 +171,7 @@ export interface StreamChild {
  * Argument array, no shell; stderr is captured for the error message; the child is killed when
  * the run aborts. `exit` never causes an unhandled rejection if the caller ignores it.
  */
-export async function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): Promise<StreamChild> {
-  if (env.signal.aborted) throw abortError(env.signal);
-  const { execa } = await loadExeca();
+export function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): StreamChild {
   if (env.signal.aborted) throw abortError(env.signal);
   const shown = commandLine(file, args);
   env.log.debug(`$ ${shown} |${opts.cwd ? `   (in ${opts.cwd})` : ''}`);

@@ -15,6 +15,8 @@ import { basename } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
+import { extract as tarExtract } from 'tar-stream';
+import unbzip2 from 'unbzip2-stream';
 import { tempPathFor } from '../core/atomic.js';
 import { abortError, AbortedError, DomuError, errorMessage } from '../core/errors.js';
 import { ExecError, spawnStream, which, type ExecEnv, type StreamChild } from '../core/exec.js';
@@ -70,10 +72,10 @@ export async function safeExtract(opts: SafeExtractOptions): Promise<SafeExtract
   try {
     let source: Readable;
     if (compression === 'bzip2' && decompressor === 'native') {
-      child = await spawnStream(env, 'bzip2', ['-dc', '--', archive]);
+      child = spawnStream(env, 'bzip2', ['-dc', '--', archive]);
       source = child.stdout;
     } else {
-      source = await jsSource(archive, compression);
+      source = jsSource(archive, compression);
     }
     const writer = new TreeWriter(tmp, label, strip);
     await parse(source, writer, env, opts.onProgress, child);
@@ -129,17 +131,13 @@ async function sniff(archive: string, label: string): Promise<Compression> {
 /** Marks errors raised by the decompressor (as opposed to the tar parser or the file system). */
 class DecompressError extends Error {}
 
-/** tar-stream and unbzip2-stream, loaded when something is extracted (not by every command). */
-const tarStream = () => import('tar-stream');
-
-async function jsSource(archive: string, compression: Compression): Promise<Readable> {
-  const unbzip2 = compression === 'bzip2' ? (await import('unbzip2-stream')).default : undefined;
+function jsSource(archive: string, compression: Compression): Readable {
   const file = createReadStream(archive, { highWaterMark: 1 << 20 });
   if (compression === 'none') return file;
   // unbzip2-stream is an old-style stream: consume it through a PassThrough (facts.md).
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   const fail = (e: unknown) => out.destroy(new DecompressError(errorMessage(e)));
-  const decoder: NodeJS.ReadWriteStream = unbzip2 ? unbzip2() : createGunzip();
+  const decoder: NodeJS.ReadWriteStream = compression === 'bzip2' ? unbzip2() : createGunzip();
   file.on('error', (e) => out.destroy(e));
   decoder.on('error', fail);
   file.pipe(decoder).pipe(out);
@@ -156,7 +154,7 @@ async function jsSource(archive: string, compression: Compression): Promise<Read
  * or corrupt .bz2 usually shows up first as garbage or a short tar stream).
  */
 async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgress: ((n: number) => void) | undefined, child: StreamChild | undefined): Promise<void> {
-  const ex = (await tarStream()).extract();
+  const ex = tarExtract();
   const inbox = new Inbox(source);
   let refusal: unknown; // our own error (refusal, file system): stop at once
   let tarError: unknown; // the parser's error: find out whether the decompressor is to blame
