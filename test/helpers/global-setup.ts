@@ -9,8 +9,6 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { TestProject } from 'vitest/node';
 import { TEST_CACHE_DIR } from './busybox-tarball.js';
-import { getKernelPackage } from './kernel-package.js';
-import { getStaticBusybox } from './static-busybox.js';
 import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 const newestMtime = (dir: string): number =>
@@ -29,7 +27,7 @@ function unitOnly(): boolean {
   return files.length > 0 && files.every((f) => /(^|\/)test\/unit(\/|$)/.test(f));
 }
 
-export default async function setup({ provide }: TestProject): Promise<void> {
+export default function setup({ provide }: TestProject): void {
   provide('testRunStart', Date.now());
   const main = join(PROJECT_ROOT, 'build', 'cli', 'main.js');
   const stale = !existsSync(main) || newestMtime(join(PROJECT_ROOT, 'src')) > statSync(main).mtimeMs;
@@ -40,6 +38,11 @@ export default async function setup({ provide }: TestProject): Promise<void> {
   if (unitOnly()) return;
   // What many files start with, made once before they start (a lookup when the cache has it):
   // otherwise the first two files, in two workers, each compile busybox and download the kernel.
+  // A test that then finds it missing makes it itself, so a failure here only costs time.
   process.stderr.write(`global setup: shared fixtures in ${TEST_CACHE_DIR} (the busybox 1.35.0 tarball and static build, Debian's kernel)\n`);
-  await Promise.all([getStaticBusybox(), getKernelPackage()]);
+  try {
+    execFileSync(process.execPath, ['--import', 'tsx', join(PROJECT_ROOT, 'test', 'helpers', 'prepare-fixtures.ts')], { cwd: PROJECT_ROOT, stdio: 'inherit', env: { ...process.env, DOMU_TEST_CACHE: TEST_CACHE_DIR } });
+  } catch {
+    process.stderr.write('global setup: the shared fixtures could not be prepared (above); each test file makes what it needs\n');
+  }
 }
