@@ -14,7 +14,7 @@ import { TEST_CACHE_DIR } from '../test/helpers/busybox-tarball.js';
 import { domuJson, stage } from '../test/helpers/cli.js';
 import { tempDir } from '../test/helpers/context.js';
 import { getKernelPackage } from '../test/helpers/kernel-package.js';
-import { BUSYBOX_1_22_1_GIT, busybox1221Missing, vouchedProjectRoot } from '../test/helpers/vouched-domu.js';
+import { BUSYBOX_1_22_1_GIT, busybox1221Missing, removeVouchedProject, vouchedProjectRoot } from '../test/helpers/vouched-domu.js';
 
 export interface Busybox1221Figures {
   libc: string;
@@ -66,7 +66,11 @@ export async function reportBusybox1221Bench(): Promise<void> {
   const libcs = (process.env.BENCH_LIBC ?? 'glibc,musl').split(',');
   console.log(`busybox-1.22.1: ${BUSYBOX_1_22_1_GIT.path} (upstream's git tag), built and booted with ${libcs.join(' and ')}`);
   const rows: Busybox1221Figures[] = [];
-  for (const libc of libcs) rows.push(await benchBusybox1221(libc));
+  try {
+    for (const libc of libcs) rows.push(await benchBusybox1221(libc));
+  } finally {
+    await removeVouchedProject();
+  }
   console.log('');
   console.log('| libc  | compile stage s | static binary bytes | applets | verify: to marker s |');
   console.log('| ----- | --------------- | ------------------- | ------- | ------------------- |');

@@ -17,7 +17,7 @@ import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu, domuJson, stage, type Summary } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
-import { BUSYBOX_1_22_1_GIT, busybox1221Missing, vouchedProjectRoot } from '../helpers/vouched-domu.js';
+import { BUSYBOX_1_22_1_GIT, busybox1221Missing, removeVouchedProject, vouchedProjectRoot } from '../helpers/vouched-domu.js';
 
 /** busybox 1.22.1 with busybox-config/static.fragment: the applets its .config selects (same for every libc). */
 const APPLETS_1_22_1 = 354;
@@ -39,6 +39,7 @@ beforeAll(async () => {
 }, 600_000);
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
+  await removeVouchedProject();
 });
 
 const args = (out: string, extra: string[] = []) => [

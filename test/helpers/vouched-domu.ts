@@ -8,7 +8,7 @@
 // the project's own code and data in a temp directory (the project root is found from the code's
 // location, so the copy reads its own table); nothing in the product learns of it, and the real
 // domu keeps refusing the file.
-import { cp, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { sha256File } from '../../src/core/hash.js';
@@ -43,6 +43,7 @@ export async function checkVouchedFile(): Promise<void> {
 const COPIED = ['bin', 'build', 'busybox-config', 'rootfs-skel', 'xen-configs', 'initramfs', 'scripts', 'package.json', 'guest.yaml', 'rootfs-devices.txt'];
 
 let pending: Promise<string> | undefined;
+let top: string | undefined;
 
 /**
  * The root of a copy of the project whose releases table vouches for the git-tag 1.22.1 tarball
@@ -51,7 +52,8 @@ let pending: Promise<string> | undefined;
 export function vouchedProjectRoot(): Promise<string> {
   pending ??= (async () => {
     await checkVouchedFile();
-    const root = join(await tempDir('domu-vouched-'), 'domu-builder');
+    top = await tempDir('domu-vouched-');
+    const root = join(top, 'domu-builder');
     await mkdir(root);
     for (const name of COPIED) await cp(join(PROJECT_ROOT, name), join(root, name), { recursive: true });
     await symlink(join(PROJECT_ROOT, 'node_modules'), join(root, 'node_modules'));
@@ -63,4 +65,12 @@ export function vouchedProjectRoot(): Promise<string> {
     return root;
   })();
   return pending;
+}
+
+/** Remove this process's copy (a few MB in the temp directory); the next call makes a new one. */
+export async function removeVouchedProject(): Promise<void> {
+  const dir = top;
+  pending = undefined;
+  top = undefined;
+  if (dir) await rm(dir, { recursive: true, force: true });
 }
