@@ -13,6 +13,9 @@ import { join } from 'node:path';
 import { abortError, DomuError } from '../core/errors.js';
 import { chooseAccel, GuestWaitError, QemuGuest, type Accel } from '../xen/qemu.js';
 import type { StageContext } from '../core/context.js';
+import { answers, judgeModules, MODULE_CHECK_LINES, moduleReport, type ModuleReport, type ModuleVerdict } from './verify-checks.js';
+
+export type { ModuleVerdict, ModuleVerdictKind } from './verify-checks.js';
 
 export const READY_MARKER = 'domu-guest-ready';
 /** Console lines shown when the boot fails. */
@@ -40,15 +43,6 @@ export interface VerifyInput {
   freshProbe?: boolean;
 }
 
-export type ModuleVerdictKind = 'loaded' | 'no-device' | 'failed';
-
-export interface ModuleVerdict {
-  name: string;
-  verdict: ModuleVerdictKind;
-  /** What the guest said (modprobe/insmod message, kernel complaints). */
-  detail: string;
-}
-
 export interface VerifyOutput {
   ok: true;
   accel: Accel;
@@ -65,32 +59,7 @@ export interface VerifyOutput {
 }
 
 /** The lines typed after the ready probe: every result line is `<TAG> <kind> <data>`. */
-const CHECK_SCRIPT = [
-  'echo "$P applets $(busybox --list | wc -l)"',
-  'echo "$P release $(uname -r)"',
-  'D=/lib/modules/$(uname -r)/modules.dep',
-  // /etc/modules as rcS reads it: '#' comments, a name (modprobe with modules.dep, else insmod
-  // /lib/modules/<name>.ko), a .ko name or a path (insmod), parameters after it. A module that is
-  // not in /proc/modules is loaded again the same way, to hear why the kernel refuses it.
-  '[ -r /etc/modules ] || echo "$P no-etc-modules"',
-  'set -f; while read -r L || [ -n "$L" ]; do',
-  ' L=${L%%#*}; set -- $L; [ $# -gt 0 ] || continue; M=$1; shift',
-  ' N=${M##*/}; N=${N%.gz}; N=${N%.xz}; N=${N%.zst}; N=${N%.ko}; N=$(echo "$N" | tr - _)',
-  ' if grep -q "^$N " /proc/modules; then echo "$P module $N loaded"; continue; fi',
-  ' case $M in',
-  ' */*) O=$(insmod "$M" "$@" 2>&1) ;;',
-  ' *.ko) O=$(insmod "/lib/modules/$M" "$@" 2>&1) ;;',
-  ' *) if [ -e "$D" ]; then O=$(modprobe "$M" "$@" 2>&1); else O=$(insmod "/lib/modules/$M.ko" "$@" 2>&1); fi ;;',
-  ' esac; R=$?',
-  ' if grep -q "^$N " /proc/modules; then echo "$P module $N late" $O; else echo "$P module $N refused $R" $O; fi',
-  'done < /etc/modules; set +f',
-  // The kernel's own complaints about modules ("<module>: Unknown symbol …").
-  `dmesg | grep -E 'Unknown symbol|disagrees about version|Invalid module format|version magic|Exec format' | while read -r L; do echo "$P dmesg $L"; done`,
-  'echo "$P end"',
-];
-
-/** Kernel messages that condemn a module whatever modprobe said. */
-const BAD_MODULE = /Invalid module format|Unknown symbol|Exec format error|disagrees about version|version magic/i;
+const CHECK_SCRIPT = ['echo "$P applets $(busybox --list | wc -l)"', 'echo "$P release $(uname -r)"', ...MODULE_CHECK_LINES, 'echo "$P end"'];
 
 export async function verifyStage(input: VerifyInput, ctx: StageContext): Promise<VerifyOutput> {
   const dir = join(ctx.workDir, 'verify');
@@ -136,12 +105,9 @@ export async function verifyStage(input: VerifyInput, ctx: StageContext): Promis
   }
 }
 
-interface GuestReport {
+interface GuestReport extends ModuleReport {
   applets: number;
   release: string;
-  etcModules: boolean;
-  modules: { name: string; state: 'loaded' | 'late' | 'refused'; detail: string }[];
-  dmesg: string[];
 }
 
 /** Activate the console shell, run the checks, parse the tagged lines. */
@@ -160,45 +126,19 @@ async function converse(guest: QemuGuest, from: number, deadline: number): Promi
   }
   guest.send(`${CHECK_SCRIPT.join('\n')}\n`);
   const end = await guest.waitFor(new RegExp(`${TAG} end$`, 'm'), 'the results of the checks', deadline, ready.end);
-  const report: GuestReport = { applets: -1, release: '', etcModules: true, modules: [], dmesg: [] };
-  const lines = guest.console.slice(ready.end, end.end).split('\n');
-  for (const line of lines) {
-    const at = line.indexOf(`${TAG} `);
-    if (at < 0) continue;
-    const [kind = '', ...rest] = line.slice(at + TAG.length + 1).trim().split(' ');
-    if (kind === 'applets') report.applets = Number(rest[0]);
-    else if (kind === 'release') report.release = rest[0] ?? '';
-    else if (kind === 'no-etc-modules') report.etcModules = false;
-    else if (kind === 'dmesg') report.dmesg.push(rest.join(' '));
-    else if (kind === 'module') {
-      const [name = '', state, ...detail] = rest;
-      // "refused <status> <message…>"
-      report.modules.push({ name, state: state as 'loaded' | 'late' | 'refused', detail: (state === 'refused' ? detail.slice(1) : detail).join(' ') });
-    }
+  const list = answers(guest.console.slice(ready.end, end.end), TAG);
+  const report: GuestReport = { ...moduleReport(list), applets: -1, release: '' };
+  for (const { kind, words } of list) {
+    if (kind === 'applets') report.applets = Number(words[0]);
+    else if (kind === 'release') report.release = words[0] ?? '';
   }
   return report;
 }
 
 type Judged = Pick<VerifyOutput, 'applets' | 'release' | 'modules'> & { notes: string[] };
 
-/** The verdicts: a module passes when loaded, or refused only with "No such device". */
 function judge(input: VerifyInput, r: GuestReport): Judged {
-  const notes: string[] = [];
-  if (!r.etcModules && input.modules.length) notes.push('the guest has no /etc/modules');
-  const modules = r.modules.map((m): ModuleVerdict => {
-    const complaints = r.dmesg.filter((l) => l.includes(`${m.name}: `) && BAD_MODULE.test(l));
-    const detail = [m.state === 'late' ? 'not loaded at boot; loaded when tried again' : '', m.detail, ...complaints].filter(Boolean).join('; ');
-    if (complaints.length || BAD_MODULE.test(m.detail)) return { name: m.name, verdict: 'failed', detail };
-    if (m.state === 'loaded') return { name: m.name, verdict: 'loaded', detail: 'in /proc/modules' };
-    if (m.state === 'refused' && /No such device/i.test(m.detail)) {
-      // ENODEV comes from the module's init function, which runs only after the kernel accepted
-      // its format, vermagic and symbols: right for Xen front ends outside Xen.
-      return { name: m.name, verdict: 'no-device', detail: `${m.detail} (format and symbols accepted; its device is absent under QEMU)` };
-    }
-    return { name: m.name, verdict: 'failed', detail: detail || 'refused without a message' };
-  });
-  const seen = new Set(modules.map((m) => m.name));
-  for (const n of input.modules) if (!seen.has(n)) notes.push(`build.json lists module ${n}, which the guest's /etc/modules does not`);
+  const { modules, notes } = judgeModules(input.modules, r, false);
   return { applets: { found: r.applets, expected: input.applets }, release: { guest: r.release, expected: input.release }, modules, notes };
 }
 
