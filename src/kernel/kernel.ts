@@ -105,6 +105,8 @@ async function readMemo(ctx: StageContext, request: string): Promise<Memo | unde
 export interface FetchDebsOptions<T> {
   /** The package asked for (a meta package, linux-headers-<release>); also names the memo. */
   request: string;
+  /** Another name for the memo, when the same request can resolve to different package sets. */
+  memo?: string;
   /** What to tell the user when Debian's archive has no such package. */
   missingHint: string;
   /** The cache kind the entries live under. */
@@ -115,6 +117,11 @@ export interface FetchDebsOptions<T> {
   aptEtc?: string | undefined;
   /** From the requested package: the packages to unpack together, the main one (naming the entry) first. */
   resolve(apt: PrivateApt, requested: CandidatePackage): Promise<Deb[]>;
+  /**
+   * The entry's name from every package resolved (default: the main one's name and version). Give
+   * it when the other packages can change while the main one does not, so that they name the entry too.
+   */
+  entryKey?(debs: readonly Deb[]): string;
   /** Adjust a freshly unpacked tree before it is cached (e.g. make it relocatable). */
   fixUp?(dir: string, main: Deb): Promise<void>;
   /** The result from an entry; throws when the tree is unusable. Runs before caching and on hits. */
@@ -142,7 +149,8 @@ export async function settleAll<T>(work: Promise<T>[]): Promise<T[]> {
  * Nothing is installed and the system's apt configuration and state are not touched.
  */
 export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOptions<T>): Promise<T> {
-  const memo = await readMemo(ctx, opts.request);
+  const memoName = opts.memo ?? opts.request;
+  const memo = await readMemo(ctx, memoName);
   // Unpacked packages are big (a kernel: ~4000 files, ~400 MB; its headers ~16000 files): proved
   // by their stat fingerprint (~45 ms and ~90 ms) and hashed in full only when that changed.
   const lookup = (key: string) => ctx.cache.lookup(opts.kind, key, { log: ctx.log, redo: 'fetching the package again', verify: 'stat', check: opts.check });
@@ -166,7 +174,7 @@ export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOp
     const debs = await opts.resolve(apt, requested);
     const main = debs[0];
     if (!main) throw new Error(`${opts.request}: resolve() returned no package`);
-    const key = cacheKey(main);
+    const key = opts.entryKey ? opts.entryKey(debs).replace(/[^A-Za-z0-9._-]/g, '_') : cacheKey(main);
     let entry = await lookup(key);
     if (!entry) {
       const debDir = join(scratch, 'deb');
@@ -195,7 +203,7 @@ export async function fetchDebsIntoCache<T>(ctx: StageContext, opts: FetchDebsOp
       ctx.log.info(`${opts.label}: ${main.package} ${main.version} from the cache`);
     }
     const memoOut: Memo = { package: main.package, version: main.version, key, resolvedAt: Date.now() };
-    await writeFileAtomic(join(ctx.cache.root, MEMO_KIND, `${opts.request}.json`), `${JSON.stringify(memoOut, null, 2)}\n`);
+    await writeFileAtomic(join(ctx.cache.root, MEMO_KIND, `${memoName}.json`), `${JSON.stringify(memoOut, null, 2)}\n`);
     return await opts.inspect(entry, main);
   } finally {
     await rm(scratch, { recursive: true, force: true });

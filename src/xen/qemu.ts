@@ -28,12 +28,20 @@ export interface QemuEnv extends ExecEnv {
 export interface QemuSpec {
   accel: Accel;
   kernel: string;
+  /**
+   * The -initrd value as QEMU reads it. For a Linux kernel, a file; for a multiboot kernel (Xen),
+   * modules separated by commas, each `<file> <args>` with commas inside doubled (multibootModules).
+   */
   initrd?: string | undefined;
   /** The kernel command line; give it console=ttyS0 to get the console on stdio. */
   append: string;
   memoryMiB: number;
-  /** Raw disk images, virtio disks in this order (vda, vdb, …). Always under -snapshot: never written. */
+  /** Raw disk images, virtio disks in this order (vda, vdb, …). Under -snapshot (never written) unless `writable`. */
   disks: string[];
+  /** Write the disks for real (no -snapshot): the caller owns them. */
+  writable?: boolean;
+  /** The CPU model under TCG (e.g. `qemu64,+svm,+npt` for a nested Xen); QEMU's default otherwise. */
+  cpu?: string | undefined;
   /** The whole console (bytes as they came) is written here as it arrives. */
   logFile: string;
   /** More QEMU options (devices), placed before -snapshot. */
@@ -45,14 +53,28 @@ export function qemuArgs(spec: QemuSpec): string[] {
   // A comma inside a -drive option value is written as two commas.
   const drives = spec.disks.flatMap((d) => ['-drive', `file=${d.replace(/,/g, ',,')},format=raw,if=virtio`]);
   return [
-    ...['-accel', spec.accel, ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : [])],
+    ...['-accel', spec.accel, ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : spec.cpu ? ['-cpu', spec.cpu] : [])],
     ...['-nodefaults', '-no-user-config', '-display', 'none', '-monitor', 'none', '-serial', 'stdio'],
     ...['-no-reboot', '-m', String(spec.memoryMiB), '-smp', '1'],
     ...['-kernel', spec.kernel, ...(spec.initrd ? ['-initrd', spec.initrd] : []), '-append', spec.append],
     ...drives,
     ...(spec.extraArgs ?? []),
-    '-snapshot',
+    ...(spec.writable ? [] : ['-snapshot']),
   ];
+}
+
+/**
+ * The -initrd value for a multiboot kernel: one module per item, `<file> <args>`. QEMU splits the
+ * value at single commas, so every comma inside a file name or an argument is doubled (facts.md:
+ * one comma in `dom0_mem=768M,max:768M` made QEMU open a file named after the rest).
+ */
+export function multibootModules(modules: readonly { file: string; args?: string }[]): string {
+  return modules
+    .map((m) => {
+      if (/\s/.test(m.file)) throw new DomuError(`multiboot module ${JSON.stringify(m.file)}: a file name with white space cannot be passed to QEMU (it ends the name)`, { hint: 'use a work directory without spaces' });
+      return [m.file, ...(m.args ? [m.args] : [])].join(' ').replace(/,/g, ',,');
+    })
+    .join(',');
 }
 
 export type WaitFailure = 'timeout' | 'exited' | 'panic';

@@ -35,7 +35,7 @@ import { setMaxListeners } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { dependsNames, parseStanzas, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/fetch/apt.js';
+import { candidatePackages, dependsNames, sourcePackageOf, type CandidatePackage, type PrivateApt } from '../../src/fetch/apt.js';
 import { tempPathFor } from '../../src/core/atomic.js';
 import { DomuError } from '../../src/core/errors.js';
 import { ExecError, run, type ExecEnv } from '../../src/core/exec.js';
@@ -126,25 +126,7 @@ async function installedOf(env: ExecEnv, names: string[]): Promise<Set<string>> 
   return new Set(r.stdout.split('\n').filter((l) => /^\S+ ii/.test(l)).map((l) => l.split(' ')[0]!));
 }
 
-/** Parse `apt-cache show` output: the first stanza of each package (apt.ts parses the stanzas). */
-export function firstStanzas(text: string): Map<string, Record<string, string>> {
-  const out = new Map<string, Record<string, string>>();
-  for (const fields of parseStanzas(text)) {
-    if (fields.Package && fields.Version && !out.has(fields.Package)) out.set(fields.Package, fields);
-  }
-  return out;
-}
-
-/**
- * The candidate stanzas of many packages in ONE `apt-cache show --no-all-versions` (an apt-cache
- * call costs 0.5-1 s, mostly reading the index; candidatePackage per name takes two). Names the
- * archive lacks and purely virtual names are simply absent from the result.
- */
-async function candidates(env: ExecEnv, apt: PrivateApt, names: string[]): Promise<CandidatePackage[]> {
-  if (!names.length) return [];
-  const r = await run(env, 'apt-cache', [...apt.options, 'show', '--no-all-versions', ...names], { okExitCodes: [0, 100], quiet: true });
-  return [...firstStanzas(r.stdout).values()].map((f) => ({ package: f.Package!, version: f.Version!, fields: f }));
-}
+const candidates = candidatePackages;
 
 const isLibraryPackage = (p: CandidatePackage) => p.fields.Section === 'libs' || /^lib[a-z0-9]/.test(p.package) || /^zlib/.test(p.package);
 

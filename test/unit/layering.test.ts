@@ -18,7 +18,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   kernel: ['fetch', 'core'],
   busybox: ['core'],
   fs: ['core'],
-  xen: ['core'],
+  xen: ['kernel', 'fs', 'fetch', 'core'],
   fetch: ['core'],
   core: [],
 };
