@@ -223,6 +223,18 @@ export interface Dom0Params {
   store?: { device: string; path: string } | undefined;
   /** A domain whose console log dom0 streams onto its console ("G| " lines). */
   guestName?: string | undefined;
+  /** The guest's own IPv4 address (dom0 pings it). */
+  guestAddress?: string | undefined;
+  /** The guest's domain config, relative to the store path (e.g. xen/test1/busybox.cfg). */
+  guestConfig?: string | undefined;
+  /** The guest's disk image, relative to the store path. */
+  guestImage?: string | undefined;
+  /**
+   * Fixed texts of the caller (never values of the description), as files etc/domu-scripts/<name>:
+   * long scripts read from a file in dom0 instead of being typed on the serial console, whose
+   * input Xen buffers in 128 bytes.
+   */
+  scripts?: Record<string, string> | undefined;
 }
 
 const PARAM_CHECKS: Record<string, [RegExp, string]> = {
@@ -233,6 +245,9 @@ const PARAM_CHECKS: Record<string, [RegExp, string]> = {
   store_device: [/^\/dev\/[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*$/, 'a device path such as /dev/vda'],
   store_path: [/^(\/[A-Za-z0-9_.-]+)+$/, 'an absolute path of letters, digits, "_", "." and "-"'],
   guest_name: [/^[A-Za-z0-9_.-]{1,64}$/, 'a domain name: letters, digits, "_", "." and "-"'],
+  guest_address: [/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'a dotted IPv4 address'],
+  guest_config: [/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'a relative path of letters, digits, "_", "." and "-"'],
+  guest_image: [/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'a relative path of letters, digits, "_", "." and "-"'],
 };
 
 /** The parameter files, each value checked (one line naming the bad one otherwise). */
@@ -245,12 +260,15 @@ export function dom0ParamFiles(p: Dom0Params): Record<string, string> {
     store_device: p.store?.device,
     store_path: p.store?.path,
     guest_name: p.guestName,
+    guest_address: p.guestAddress,
+    guest_config: p.guestConfig,
+    guest_image: p.guestImage,
   };
   const out: Record<string, string> = {};
   for (const [name, value] of Object.entries(files)) {
     if (value === undefined) continue;
     const [re, what] = PARAM_CHECKS[name]!;
-    if (!re.test(value) || (name === 'store_path' && value.split('/').some((c) => c === '.' || c === '..'))) {
+    if (!re.test(value) || (/^(store_path|guest_config|guest_image)$/.test(name) && value.split('/').some((c) => c === '.' || c === '..'))) {
       throw new DomuError(`dom0 parameter ${name} ${JSON.stringify(value)} is not ${what}`, { hint: 'fix the value in the inventory or the caller' });
     }
     out[name] = `${value}\n`;
@@ -261,6 +279,10 @@ export function dom0ParamFiles(p: Dom0Params): Record<string, string> {
 /** The small gzip cpio with etc/domu-lab/<name> files, appended after the cached ramdisk. */
 export async function dom0ParamsArchive(p: Dom0Params): Promise<Buffer> {
   const entries: CpioEntry[] = Object.entries(dom0ParamFiles(p)).map(([n, v]) => ({ type: 'file', path: `etc/domu-lab/${n}`, mode: 0o644, data: Buffer.from(v) }));
+  for (const [n, text] of Object.entries(p.scripts ?? {})) {
+    if (!/^[a-z0-9-]+$/.test(n)) throw new Error(`dom0 script name ${JSON.stringify(n)}: [a-z0-9-] only`);
+    entries.push({ type: 'file', path: `etc/domu-scripts/${n}`, mode: 0o644, data: Buffer.from(text) });
+  }
   return gzipSync(await cpioArchive(entries, { mtime: 0 }), { level: 9 });
 }
 

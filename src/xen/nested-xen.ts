@@ -22,6 +22,9 @@ export const DOM0_READY = 'domu-dom0-ready';
 export const DOM0_FAILED = 'domu-dom0-failed';
 export const GUEST_PREFIX = 'G| ';
 const TAG = 'DOMU-DOM0-42';
+/** Typing on dom0's console: bytes at a time, and the pause between them (see type()). */
+const TYPE_CHUNK = 48;
+const TYPE_GAP_MS = 25;
 /** facts.md: TCG needs svm for HVM/PVH and npt for HAP; `max` breaks dom0 (SMAP). */
 export const XEN_CPU = 'qemu64,+svm,+npt';
 export const DOM0_KERNEL_ARGS = 'console=hvc0 earlyprintk=xen rdinit=/init';
@@ -172,7 +175,7 @@ export class XenHost {
     const first = text.split('\n')[0] ?? '';
     this.ctx.log.info(`dom0 $ ${first}${text.includes('\n') ? ' …' : ''}`);
     this.ctx.progress(`dom0: ${first}`);
-    this.qemu.send(`echo "$P begin-${n}"\n${text}\necho "$P end-${n} $?"\n`);
+    await this.type(`echo "$P begin-${n}"\n${text}\necho "$P end-${n} $?"\n`);
     const begin = await this.wait(new RegExp(`^${TAG} begin-${n}$`, 'm'), `dom0 to start: ${first}`, deadline, this.pos);
     const end = await this.wait(new RegExp(`^${TAG} end-${n} (\\d+)$`, 'm'), `dom0 to finish: ${first}`, deadline, begin.end);
     this.pos = end.end;
@@ -193,6 +196,17 @@ export class XenHost {
     await this.qemu.stop();
   }
 
+  /**
+   * Type on dom0's console in small pieces: Xen keeps serial input for dom0 in a ring of 128
+   * bytes and drops what does not fit while dom0 (slow under TCG) has not read it yet.
+   */
+  private async type(text: string): Promise<void> {
+    for (let i = 0; i < text.length; i += TYPE_CHUNK) {
+      if (i) await new Promise((r) => setTimeout(r, TYPE_GAP_MS));
+      this.qemu.send(text.slice(i, i + TYPE_CHUNK));
+    }
+  }
+
   /** Quiet the shell's echo and prompts once, and set the tag. */
   private async shell(deadline: number): Promise<void> {
     if (this.shellReady) return;
@@ -200,7 +214,7 @@ export class XenHost {
     let ready: { end: number } | undefined;
     // Typed again every 10 s: what was typed before the shell read the console may be lost.
     while (!ready) {
-      this.qemu.send(`\nstty -echo; PS1=; PS2=; P=DOMU-DOM0-$((6*7)); echo "$P ready"\n`);
+      await this.type(`\nstty -echo; PS1=; PS2=; P=DOMU-DOM0-$((6*7)); echo "$P ready"\n`);
       const attempt = Math.min(deadline, performance.now() + 10_000);
       ready = await this.wait(new RegExp(`^${TAG} ready$`, 'm'), "dom0's console shell", attempt, this.pos).catch((e: unknown) => {
         if (e instanceof DomuError && /timed out/.test(e.message) && attempt < deadline) return undefined;
