@@ -2,7 +2,8 @@
 // cache, the dom0 ramdisk built twice (the second a cache hit with the same bytes, within 1 s),
 // Xen booted under QEMU TCG with a scratch ext4 store disk, dom0's ready marker awaited, and then
 // on dom0's console: `xl info` (the package's Xen, HAP), the store mounted with its marker file,
-// the bridge with its address, a guest console line streamed as `G| `. No QEMU is left after it.
+// the bridge with its address, a guest console line streamed as `G| `, domu-guest-send's refusal of
+// an unknown domain, `xl dmesg`. No QEMU is left after it.
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -103,6 +104,11 @@ describe.skipIf(missing)('nested Xen host (real packages, QEMU TCG)', () => {
       expect(g.line).toBe('hello from 42');
       expect(host.tail('guest', 5)).toContain('hello from 42');
       expect(host.lines().dom0.some((l) => l.includes('hello from 42'))).toBe(false);
+      const send = await host.run('domu-guest-send nosuch </dev/null', 30);
+      expect(send.status).toBe(1);
+      expect(send.lines.join('\n')).toMatch(/domu-guest-send: no domain nosuch/);
+      const dmesg = await host.run('xl dmesg | grep -c "Xen version"', 30);
+      expect(Number(dmesg.lines.at(-1))).toBeGreaterThan(0);
       ctx.log.info(`xen: dom0 ready in ${host.secondsToReady.toFixed(1)} s`);
     } finally {
       await host.stop();
