@@ -82,7 +82,7 @@ export function xenArgs(dom0MiB: number): string {
 }
 
 export interface RunResult {
-  /** Dom0's output lines between the begin and end lines (guest and Xen lines left out). */
+  /** The output lines between the begin and end lines, guest lines (`G| `) left out. */
   lines: string[];
   /** The exit status of the last command line. */
   status: number;
@@ -180,7 +180,10 @@ export class XenHost {
     const end = await this.wait(new RegExp(`^${TAG} end-${n} (\\d+)$`, 'm'), `dom0 to finish: ${first}`, deadline, begin.end);
     this.pos = end.end;
     const body = this.console.slice(begin.end, end.end - end.match[0].length);
-    return { lines: splitConsole(body).dom0, status: Number(end.match[1]) };
+    // Guest lines are left out; `(XEN)` lines stay: `xl dmesg` prints them (Xen's own messages
+    // printed meanwhile stay too).
+    const lines = body.split('\n').map((l) => l.trimEnd()).filter((l) => l && !l.startsWith(GUEST_PREFIX));
+    return { lines, status: Number(end.match[1]) };
   }
 
   /** Wait for a guest console line (streamed by domu-guest-log) matching `re` after console offset `from`. */
