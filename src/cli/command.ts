@@ -41,6 +41,7 @@ export interface CommonOpts {
   lockTimeout?: string;
   store?: string;
   timeout?: string;
+  quick?: boolean;
   dist?: string;
 }
 

@@ -90,12 +90,13 @@ export function program(): Command {
   withPublish(withCommon(p.command('configs').description("regenerate every host's Xen and host configs from the description; no image work (npm run configs)"))).action(
     pipelineCommand('configs', async () => (await plans()).planConfigs),
   );
-  withCommon(p.command('verify').description('boot the build in --out under QEMU and check the guest (ready marker, applets, modules)'))
-    .option('--timeout <seconds>', 'how long to wait for the guest (default 120)')
+  withCommon(p.command('verify').description("boot the build in --out from its own config under Debian's Xen nested in QEMU, check the guest (modules, network, disk) and migrate it"))
+    .option('--quick', 'boot the image under plain QEMU instead (virtio, no Xen): ready marker, applets, modules')
+    .option('--timeout <seconds>', 'how long each phase may take (default 120; --quick: until the ready marker)')
     .action(
       pipelineCommand('verify', async () => {
         const { planVerify } = await import('../pipeline/tasks/verify.js');
-        return (d, f, _a, o) => planVerify(d, f, { timeoutS: seconds(o.timeout, '--timeout') });
+        return (d, f, _a, o) => planVerify(d, f, { timeoutS: seconds(o.timeout, '--timeout'), quick: o.quick === true });
       }),
     );
   withCommon(p.command('release').description('versioned, reproducible artifacts of the build in --out: compressed image, boot files, configs, SHA256SUMS, manifest'))

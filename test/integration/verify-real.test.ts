@@ -43,7 +43,7 @@ async function build(o: string, modules: string[]): Promise<BuildRecord> {
   return readRecord(o);
 }
 
-const verify = (o: string, extra: string[] = []) => domuJson(['verify', '--json', '--out', o, '--cache-dir', cache, ...extra]);
+const verify = (o: string, extra: string[] = []) => domuJson(['verify', '--quick', '--json', '--out', o, '--cache-dir', cache, ...extra]);
 const outputsOf = (s: Awaited<ReturnType<typeof verify>>['s']) => stage(s, 'verify').outputs as unknown as VerifyOutput;
 
 /** QEMU processes whose command line names `path` (each test's paths are unique). */
@@ -220,7 +220,7 @@ describe.skipIf(missing !== undefined)(missing ? `domu verify — SKIPPED: ${mis
   it(
     'SIGTERM during the boot: exit 143, QEMU killed',
     async () => {
-      const child = startDomu(['verify', '--out', out, '--cache-dir', cache]);
+      const child = startDomu(['verify', '--quick', '--out', out, '--cache-dir', cache]);
       const image = join(out, 'busybox.img');
       const deadline = Date.now() + 60_000;
       let running: string[] = [];

@@ -10,10 +10,13 @@ import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../../mode
 import type { Plan, PlanFlags } from '../plan-types.js';
 import { fileIdentity, sameIdentity } from '../uptodate.js';
 import type { Description } from '../../model/schema.js';
+import { planVerifyXen } from './verify-xen.js';
 
 export interface VerifyFlags {
-  /** Seconds to wait for the ready marker (default 120). */
+  /** Seconds each phase may take (--quick: to the ready marker); default 120. */
   timeoutS?: number | undefined;
+  /** --quick: plain QEMU with virtio (no Xen), as before the Xen verification. */
+  quick?: boolean;
 }
 
 export const DEFAULT_VERIFY_TIMEOUT_S = 120;
@@ -39,7 +42,7 @@ export function buildRecordFor(out: string): BuildRecord {
 }
 
 /** An artifact named by the record, which must still be a file in `out`. */
-function artifactPath(out: string, rel: string, what: string): string {
+export function artifactPath(out: string, rel: string, what: string): string {
   const p = resolve(out, rel);
   let ok = false;
   try {
@@ -54,6 +57,7 @@ function artifactPath(out: string, rel: string, what: string): string {
 export function planVerify(_description: Description, flags: PlanFlags, verify: VerifyFlags): Plan {
   const out = resolve(flags.outDir ?? 'out');
   const record = buildRecordFor(out);
+  if (!verify.quick) return planVerifyXen(out, record, flags, verify.timeoutS ?? DEFAULT_VERIFY_TIMEOUT_S);
   const image = artifactPath(out, record.image.path, 'the image');
   if (!record.boot.kernel) {
     throw new InputError(`the build in ${out} shipped no guest kernel (kernel.ship is off): there is nothing to boot the image with`, 'build with the kernel shipped in boot/, then verify');

@@ -1,0 +1,162 @@
+// `domu verify` (without --quick): the build in --out on Debian's real Xen, nested in QEMU
+// (stages/verify-xen.ts has the checks). Its phases are stages of their own, so that the progress
+// display says what is being waited for and the JSON summary has each phase's time and checks:
+//   xen      Debian's Xen packages and a dom0 kernel (apt-get download into the cache), the dom0
+//            ramdisk (cached by key), the scratch store (the real publish code, then mke2fs -d)
+//   dom0     QEMU with Xen; dom0 up with the first host's name, bridge and address, store mounted
+//   guest    `xl create <store.path>/xen/<host>/<guest>.cfg` as published; the ready marker
+//   checks   applets, root device, modules loaded, eth0's address, pings both ways, a file written
+//   move     PVH: live migration (same host); PV: save and restore; the same guest afterwards
+//   disk     poweroff; the file read back from the guest's image in dom0
+import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import type { StageContext } from '../../core/context.js';
+import { InputError } from '../../core/errors.js';
+import type { BuildRecord } from '../../model/buildrecord.js';
+import { makeScratchStore, type ScratchStore } from '../../store/scratch-store.js';
+import { XenVerification, type XenGuestType } from '../../stages/verify-xen.js';
+import { fetchKernelPackage } from '../../kernel/kernel.js';
+import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
+import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
+import type { Plan, PlanFlags } from '../plan-types.js';
+import type { PipelineStage } from '../run.js';
+import { artifactPath } from './verify.js';
+
+interface XenRun {
+  parts?: XenHostParts;
+  store?: ScratchStore;
+  host?: XenHost;
+  check?: XenVerification;
+}
+
+/** The prefix length of a dotted netmask (schema-checked: ones then zeros). */
+const prefixOf = (mask: string) => mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
+
+/** The guest's static address as `a.b.c.d/prefix`, or undefined (dhcp, none). */
+function staticAddress(record: BuildRecord): string | undefined {
+  const n = (record.description.guest as { network?: unknown }).network;
+  return typeof n === 'object' && n !== null && typeof (n as { address?: unknown }).address === 'string' ? (n as { address: string }).address : undefined;
+}
+
+function guestType(record: BuildRecord): XenGuestType {
+  const t = (record.description.xen as { type?: unknown }).type;
+  return t === 'pv' ? 'pv' : t === 'pvh' ? 'pvh' : record.description.xen.toolstack === 'xm' ? 'pv' : 'pvh';
+}
+
+export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags, timeoutS: number): Plan {
+  const d = record.description;
+  const host = d.hosts[0];
+  if (!host) throw new InputError(`the build in ${out} has no hosts in its description`, 'add a host to hosts: and build again');
+  if (d.xen.toolstack === 'xm') throw new InputError('domu verify on Xen needs xen.toolstack: xl (xm is Xen 4.2, which Debian no longer ships)', 'use `domu verify --quick`, or build with xen.toolstack: xl');
+  artifactPath(out, record.image.path, 'the image');
+  if (!record.boot.kernel) throw new InputError(`the build in ${out} shipped no guest kernel (kernel.ship is off): the config names a kernel only the Dom0s have`, 'build with kernel.ship: true, or use `domu verify --quick`');
+  const config = `xen/${host.name}/${d.guest.name}.cfg`;
+  if (!record.configs.includes(config)) throw new InputError(`the build in ${out} has no ${config}`, `run \`domu build --out ${out}\` again`);
+  artifactPath(out, config, 'the domain config');
+  const bootFiles = [record.boot.kernel.path, ...(record.boot.ramdisk ? [record.boot.ramdisk.path] : [])];
+  for (const f of bootFiles) artifactPath(out, f, 'the boot file');
+  const type = guestType(record);
+  const address = staticAddress(record);
+  const storePath = host.store_path ?? d.store.path;
+  const run: XenRun = {};
+  const dir = (ctx: StageContext) => join(ctx.workDir, 'verify-xen');
+  const verification = (_ctx: StageContext) => {
+    if (!run.check) throw new Error('verify-xen: the dom0 phase did not run');
+    return run.check;
+  };
+
+  const stages: PipelineStage[] = [
+    {
+      name: 'xen',
+      title: "Fetch Debian's Xen and a dom0 kernel, make the dom0 ramdisk and the scratch store",
+      run: async (ctx) => {
+        await mkdir(dir(ctx), { recursive: true });
+        const t = performance.now();
+        // The dom0 kernel: the guest's own Debian package when it is one (cached already).
+        const kernel = record.kernel?.package ? await fetchKernelPackage(ctx, { package: record.kernel.package }) : undefined;
+        const parts = (run.parts = await prepareXenHost(ctx, kernel ? { kernel } : {}));
+        const prepareS = (performance.now() - t) / 1000;
+        ctx.progress('publishing the build into the scratch store');
+        run.store = await makeScratchStore({ outDir: out, files: [...bootFiles, ...record.configs], image: record.image.path, dir: dir(ctx) }, ctx);
+        return {
+          cacheHit: parts.initramfs.hit,
+          note: `Xen ${parts.xen.version}, dom0 kernel ${parts.kernel.release}, dom0 ramdisk ${parts.initramfs.hit ? 'from the cache' : 'made'} in ${parts.initramfs.seconds.toFixed(2)} s; store ${storePath} with ${run.store.published.written.length} files`,
+          outputs: {
+            xen: { package: parts.xen.package, version: parts.xen.version },
+            dom0Kernel: { package: parts.kernel.package, version: parts.kernel.version, release: parts.kernel.release },
+            dom0Initramfs: { path: parts.initramfs.path, hit: parts.initramfs.hit, seconds: parts.initramfs.seconds, size: parts.initramfs.size },
+            prepareSeconds: Math.round(prepareS * 100) / 100,
+            store: run.store.image,
+            published: run.store.published.written,
+          },
+        };
+      },
+    },
+    {
+      name: 'dom0',
+      title: `Boot Xen in QEMU; dom0 as ${host.name} (${host.bridge} ${host.address})`,
+      run: async (ctx) => {
+        const params = {
+          hostname: host.name,
+          bridge: { name: host.bridge, address: host.address, prefix: prefixOf(d.network.netmask) },
+          store: { device: '/dev/vda', path: storePath },
+          guestName: d.guest.name,
+          guestAddress: address?.split('/')[0],
+          guestConfig: config,
+          guestImage: d.image.file,
+          scripts: guestScriptFiles(),
+        };
+        run.host = await XenHost.start(ctx, { ...run.parts!, params, storeImage: run.store!.image, readyTimeoutS: timeoutS, dir: dir(ctx) });
+        run.check = new XenVerification(run.host, { type, applets: record.busybox.applets, release: record.kernel?.release ?? null, modules: record.modules.map((m) => m.name), address, dom0Address: host.address, rootDevice: d.guest.root.split(/\s+/)[0]! }, timeoutS, ctx);
+        const info = await run.check.xlInfo();
+        return {
+          cacheHit: false,
+          note: `dom0 ready ${run.host.secondsToReady.toFixed(1)} s after QEMU started; Xen ${info.xen_version ?? '?'} (${info.virt_caps ?? '?'})`,
+          outputs: { readySeconds: Math.round(run.host.secondsToReady * 100) / 100, xenVersion: info.xen_version, virtCaps: info.virt_caps, console: run.check.consoleLog },
+        };
+      },
+    },
+    {
+      name: 'guest',
+      title: `xl create ${storePath}/${config}`,
+      run: async (ctx) => {
+        const r = await verification(ctx).create(`${storePath}/${config}`);
+        return { cacheHit: false, note: `ready marker ${r.markerSeconds.toFixed(1)} s after xl create`, outputs: { ...r, checks: verification(ctx).checks.slice() } };
+      },
+    },
+    {
+      name: 'checks',
+      title: 'Check the guest: applets, root, modules, network, disk',
+      run: async (ctx) => {
+        const v = verification(ctx);
+        const before = v.checks.length;
+        const f = await v.checkGuest();
+        return { cacheHit: false, note: `${f.applets} applets; ${f.modules.map((m) => `${m.name} loaded`).join(', ') || 'no modules'}; ${f.addresses.join(', ') || 'no address'}`, outputs: { checks: v.checks.slice(before) } };
+      },
+    },
+    {
+      name: 'move',
+      title: type === 'pvh' ? 'Live-migrate the guest (xl migrate, same host)' : 'Save and restore the guest (PV cannot live-migrate on this Xen)',
+      run: async (ctx) => {
+        const v = verification(ctx);
+        const before = v.checks.length;
+        const m = await v.move();
+        const why = type === 'pv' ? '; live migration of a PV guest is impossible here: the hypervisor has no shadow paging' : '';
+        return { cacheHit: false, note: `${m.kind} in ${m.seconds.toFixed(1)} s, pause ${m.pauseSeconds.toFixed(1)} s${why}`, outputs: { ...m, checks: v.checks.slice(before) } };
+      },
+    },
+    {
+      name: 'disk',
+      title: "Power the guest off and read its file from the image in dom0",
+      run: async (ctx) => {
+        const v = verification(ctx);
+        const before = v.checks.length;
+        await v.checkDisk();
+        await run.host!.stop();
+        await run.store!.dispose();
+        return { cacheHit: false, note: `${v.checks.length} checks passed`, outputs: { checks: v.checks.slice(before), all: v.checks } };
+      },
+    },
+  ];
+  return { command: 'verify', description: d, state: {}, lockOut: { dir: out, create: false }, stages };
+}
