@@ -91,7 +91,8 @@ function defaultEnv(): ExecEnv {
   return { log: silent, signal: new AbortController().signal };
 }
 
-async function decompressWith(env: ExecEnv, program: 'xz' | 'zstd', path: string): Promise<Buffer> {
+/** The decompressed content of an xz or zstd file (`xz -dc` / `zstd -dc`). */
+export async function decompressFile(env: ExecEnv, program: 'xz' | 'zstd', path: string): Promise<Buffer> {
   const label = program === 'xz' ? 'xz' : 'zstd';
   const child = spawnStream(env, program, ['-dc', '--', path], { missingHint: `install ${program === 'xz' ? 'xz-utils' : 'zstd'}` });
   const chunks: Buffer[] = [];
@@ -117,7 +118,7 @@ export async function readModuleBytes(path: string, env: ExecEnv = defaultEnv())
     await access(path, constants.R_OK).catch((e: unknown) => {
       throw new DomuError(`${path}: cannot read: ${errorMessage(e)}`, { cause: e });
     });
-    return decompressWith(env, kind, path);
+    return decompressFile(env, kind, path);
   }
   let raw: Buffer;
   try {

@@ -6,7 +6,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../core/atomic.js';
 import { hashValue } from '../core/hash.js';
-import type { Description } from './schema.js';
+import type { Description, XenType } from './schema.js';
+import type { GuestNetwork } from './network.js';
 
 export const BUILD_RECORD = 'build.json';
 export const BUILD_RECORD_VERSION = 1;
@@ -36,6 +37,12 @@ export interface BuildRecord {
     compileKey: string;
   };
   kernel: { release: string; origin: string; package: string | null; version: string | null } | null;
+  /**
+   * The guest as Xen starts it: its type (xen.type with its default), whether the kernel boots as
+   * PVH and how that is known (checked for pvh only; pvh null: nothing told), the kernel command
+   * line of the domain config, and eth0's settings (/etc/network.conf in the image).
+   */
+  guest: { type: XenType; pvh: { pvh: boolean | null; evidence: string } | null; cmdline: string; network: GuestNetwork };
   modules: { name: string; dest: string; vermagic: string; verdict: string; size: number }[];
   /** Names of the modules in the generated ramdisk, in load order. */
   ramdiskModules: string[];

@@ -4,80 +4,15 @@
 // what was given; where it was given (file:line:col or flag) is added by description.ts.
 import { z } from 'zod';
 import { formatSize, parseSize } from '../core/size.js';
-import { CONFIG_UNSAFE } from '../xen/xencfg.js';
+import { CIDR_RE, IQN_RE, describeValue, expected, IPV4_RE, isAbsolutePath, isNetmask, isPath, listHint, matches, oneOf, SAFE_NOTE, safeText, section, text } from './schema-parts.js';
+
+import { guestNetworkIssues, guestNetworkSchema, STATIC_NETWORK_KEYS } from './network.js';
+
+export { describeValue } from './schema-parts.js';
 
 const MiB = 2 ** 20;
 const MIN_IMAGE_BYTES = 16 * MiB;
 const IMAGE_BLOCK = 4096;
-
-/** A value as the user would recognise it in an error message. */
-export function describeValue(v: unknown): string {
-  if (v === undefined) return 'nothing';
-  if (v === null) return 'an empty value';
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a mapping';
-  return typeof v;
-}
-
-/** `expected X, got Y`, or `missing (expected X)` when there is no value. */
-function expected(what: string, input: unknown, hint = ''): string {
-  if (input === undefined) return `missing: expected ${what}`;
-  return `expected ${what}, got ${describeValue(input)}${hint}`;
-}
-
-/** For a text field given a number or boolean that would do as text (YAML reads `7` as a number). */
-function quoteHint(input: unknown, test: (s: string) => boolean): string {
-  return (typeof input === 'number' || typeof input === 'boolean') && test(String(input)) ? ' (put it in quotes to make it text)' : '';
-}
-
-/** A string checked by `test`; `what` reads as "expected <what>". */
-function text(what: string, test: (s: string) => boolean = (s) => s.length > 0) {
-  return z
-    .string({ error: (iss) => expected(what, iss.input, quoteHint(iss.input, test)) })
-    .superRefine((s, ctx) => {
-      if (!test(s)) ctx.addIssue({ code: 'custom', message: expected(what, s) });
-    });
-}
-
-/** For a list field given nothing or one item. */
-function listHint(input: unknown): string {
-  if (input === null) return ' (write [] for none)';
-  if (typeof input === 'string') return ` (write [${input}] for a list of one)`;
-  return '';
-}
-
-function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
-  const list = values.join(', ');
-  return z.enum(values, { error: (iss) => expected(`one of ${list}`, iss.input) });
-}
-
-const matches = (re: RegExp) => (s: string) => re.test(s);
-
-/** Text that goes into quoted strings of generated files: no quotes, newlines or NULs. */
-/**
- * Text that goes into quoted strings of generated files (Xen configs, sxp, ifcfg): no quotes of
- * either kind, no backslash (an escape in some of those grammars), no `#` (a comment in all of
- * them), no control characters (newline, NUL, …).
- */
-const safeText = (s: string) => !CONFIG_UNSAFE.test(s);
-const SAFE_NOTE = '(no quotes, backslashes, # or control characters)';
-const isAbsolutePath = (s: string) => s.startsWith('/') && safeText(s);
-const isPath = (s: string) => s.length > 0 && safeText(s);
-
-const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
-const IPV4_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
-const CIDR_RE = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}/(?:3[0-2]|[12]?\\d)$`);
-const LABEL = '[a-z0-9](?:[a-z0-9-]*[a-z0-9])?';
-const IQN_RE = new RegExp(`^iqn\\.\\d{4}-(?:0[1-9]|1[0-2])\\.${LABEL}(?:\\.${LABEL})*:[a-z0-9.:-]+$`);
-
-function isNetmask(s: string): boolean {
-  if (!IPV4_RE.test(s)) return false;
-  const bits = s.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
-  const inv = 2 ** 32 - 1 - bits;
-  return (inv & (inv + 1)) === 0; // ones then zeros
-}
 
 const MAC_RE = /^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$/;
 /** A MAC address for a NIC: six hex octets, not multicast (bit 0 of the first octet), not all zero. */
@@ -166,14 +101,6 @@ const imageSize = z.unknown().transform((v, ctx): number => {
   return bytes;
 });
 
-/** An object whose unknown keys are errors, with a readable message when it is not a mapping. */
-function section<S extends z.ZodRawShape>(what: string, shape: S) {
-  const keys = Object.keys(shape).join(', ');
-  return z.strictObject(shape, {
-    error: (iss) => (iss.code === 'invalid_type' ? expected(`a mapping of ${what} (${keys})`, iss.input) : undefined),
-  });
-}
-
 export const guestSchema = section('guest settings', {
   name: text('a guest name of up to 64 characters [a-z0-9_.-], starting with a letter or digit', matches(/^[a-z0-9][a-z0-9_.-]{0,63}$/)).prefault('busybox'),
   memory: memory.prefault(512),
@@ -181,12 +108,15 @@ export const guestSchema = section('guest settings', {
   maxmem: memory.optional(),
   vcpus: vcpus.prefault(1),
   root: text(`a root device and options, e.g. "/dev/xvda ro" ${SAFE_NOTE}`, (s) => s.length > 0 && safeText(s)).prefault('/dev/xvda ro'),
-  extra: text(`kernel command line text ${SAFE_NOTE}`, safeText).prefault('selinux=0 init=/bin/sh'),
+  /** The rest of the kernel command line (console=hvc0 is added unless it names a console). */
+  extra: text(`kernel command line text ${SAFE_NOTE}`, safeText).prefault('selinux=0'),
   /** The guest NIC's MAC; default: derived from the guest name inside Xen's 00:16:3e prefix. */
   mac: text('a unicast MAC address like 00:16:3e:12:34:56', isUnicastMac).transform((m) => m.toLowerCase()).optional(),
   on_crash: oneOf(CRASH_ACTIONS).prefault('destroy'),
   on_reboot: oneOf(CRASH_ACTIONS).prefault('destroy'),
   on_poweroff: oneOf(CRASH_ACTIONS).prefault('destroy'),
+  /** eth0 in the guest (network.ts): { address, gateway }, dhcp or none. */
+  network: guestNetworkSchema.prefault({ address: '172.16.31.4/16' }),
 });
 
 export const busyboxSchema = section('busybox settings', {
@@ -251,6 +181,8 @@ export const storeSchema = section('store settings', {
 export const xenSchema = section('Xen settings', {
   /** xl (Xen ≥ 4.5) or xm (xend, the reference lab's Xen 4.2). */
   toolstack: oneOf(['xl', 'xm'] as const).prefault('xl'),
+  /** pvh or pv; absent: pvh with xl, pv with xm (xenType). Not defaulted here: it follows the toolstack. */
+  type: oneOf(['pvh', 'pv'] as const).optional(),
   /** xend's relocation port (xm live migration). */
   relocation_port: z
     .number({ error: (iss) => expected('a TCP port from 1 to 65535', iss.input) })
@@ -328,6 +260,10 @@ export const descriptionSchema = section('sections', {
       if (h.hwaddr === mac) ctx.addIssue({ code: 'custom', path: ['guest', 'mac'], message: `${mac} is also hosts.${i}.hwaddr (${h.name}): a MAC must be unique on the network` });
     });
   }
+  if (d.xen.toolstack === 'xm' && d.xen.type === 'pvh') {
+    ctx.addIssue({ code: 'custom', path: ['xen', 'type'], message: 'xm (xend, Xen 4.4 and earlier) has no PVH guests: use xen.type: pv, or xen.toolstack: xl' });
+  }
+  for (const i of guestNetworkIssues(d)) ctx.addIssue({ code: 'custom', ...i });
 });
 
 export type Description = z.output<typeof descriptionSchema>;
@@ -345,7 +281,15 @@ export function allowedKeys(path: readonly PropertyKey[]): string[] | undefined 
     return Object.keys(SECTION_SCHEMAS[path[0] as keyof typeof SECTION_SCHEMAS].shape);
   }
   if (path.length === 2 && path[0] === 'hosts') return Object.keys(hostSchema.shape);
+  if (path.length === 2 && path[0] === 'guest' && path[1] === 'network') return STATIC_NETWORK_KEYS;
   return undefined;
+}
+
+export type XenType = 'pvh' | 'pv';
+
+/** The guest's type: xen.type, else pvh with xl and pv with xm (xend has no PVH). */
+export function xenType(d: { xen: { toolstack: 'xl' | 'xm'; type?: XenType | undefined } }): XenType {
+  return d.xen.type ?? (d.xen.toolstack === 'xm' ? 'pv' : 'pvh');
 }
 
 function deepFreeze<T>(v: T): T {

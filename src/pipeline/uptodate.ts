@@ -2,7 +2,7 @@
 // may use it, and rewriting 1 GiB costs time). The rootfs and image stages are keyed by
 // everything that determines the image's bytes, computed BEFORE the staging tree is assembled:
 // the compiled install tree (its cache key), the skel's files, the device table, the guest
-// settings its templates see, the module files and /etc/modules, the size, label, population
+// settings its templates see, the module files and /etc/modules, /etc/network.conf, the size, label, population
 // mode and SOURCE_DATE_EPOCH. When `out/build.json` holds the same key and the image file in
 // --out is still the one that build wrote (same inode, size and mtime), both stages are skipped.
 // The generated ramdisk is keyed the same way (busybox, modules, /init, epoch).
@@ -63,6 +63,8 @@ export interface ImageKeyInput {
   deviceTable: string;
   guest: Description['guest'];
   modules: { files: ModuleFile[]; etcModules: string } | undefined;
+  /** The text of /etc/network.conf (its gateway may come from network.gateway, outside guest). */
+  network: string;
   size: number;
   populate: string;
   sourceDateEpoch: number;
@@ -81,6 +83,7 @@ export async function imageKey(i: ImageKeyInput): Promise<string> {
     deviceTable: await readFile(i.deviceTable, 'utf8'),
     guest: i.guest,
     modules,
+    network: i.network,
     size: i.size,
     populate: i.populate,
     epoch: i.sourceDateEpoch,

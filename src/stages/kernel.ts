@@ -5,12 +5,14 @@
 //             /lib/modules/$(uname -r), when both exist;
 //   package   otherwise the Debian package kernel.package, fetched into the cache (kernel/kernel.ts).
 // The release is read from the image's bzImage header, never from a file name, and must equal
-// the modules directory's name: a mismatch shows both.
-import { stat } from 'node:fs/promises';
+// the modules directory's name: a mismatch shows both. For `xen.type: pvh` the image must boot as
+// PVH (CONFIG_XEN_PVH, kernel/pvh.ts): a kernel that cannot is one line, exit 2.
+import { mkdir, stat } from 'node:fs/promises';
 import { release as osRelease } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { InputError } from '../core/errors.js';
 import { fetchKernelPackage, kernelReleaseFromImage } from '../kernel/kernel.js';
+import { kernelPvhSupport, type PvhVerdict } from '../kernel/pvh.js';
 import type { StageContext } from '../core/context.js';
 
 export interface KernelInput {
@@ -26,6 +28,8 @@ export interface KernelInput {
   hostRoot?: string;
   /** `domu modules`: a modules directory alone will do (its name is the release). */
   imageOptional?: boolean;
+  /** The guest type the image must boot as (a build); absent: not checked. */
+  xenType?: 'pvh' | 'pv';
 }
 
 export interface KernelOutput {
@@ -37,6 +41,8 @@ export interface KernelOutput {
   /** For origin `package`: the real image package and its version. */
   package?: string | undefined;
   version?: string | undefined;
+  /** With xenType pvh: how the image was found to boot as PVH (or that nothing told). */
+  pvh?: PvhVerdict | undefined;
 }
 
 async function isDir(p: string): Promise<boolean> {
@@ -79,6 +85,20 @@ async function explicit(input: KernelInput): Promise<KernelOutput> {
 }
 
 export async function kernelStage(input: KernelInput, ctx: StageContext): Promise<KernelOutput> {
+  const k = await resolveKernel(input, ctx);
+  if (input.xenType !== 'pvh' || k.image === undefined) return k;
+  const scratch = join(ctx.workDir, 'kernel');
+  await mkdir(scratch, { recursive: true });
+  const pvh = await kernelPvhSupport(ctx, k.image, k.release, scratch);
+  if (pvh.pvh === false) {
+    throw new InputError(`the guest kernel ${k.release} (${k.image}) cannot boot as PVH (xen.type: pvh): ${pvh.evidence}; use xen.type: pv, or a kernel built with CONFIG_XEN_PVH=y`);
+  }
+  if (pvh.pvh === undefined) ctx.log.warn(`cannot tell whether the guest kernel ${k.release} boots as PVH (xen.type: pvh): ${pvh.evidence}`);
+  else ctx.log.info(`kernel: ${k.release} boots as PVH (${pvh.evidence})`);
+  return { ...k, pvh };
+}
+
+async function resolveKernel(input: KernelInput, ctx: StageContext): Promise<KernelOutput> {
   if (input.image !== 'auto' || input.modules !== 'auto') {
     const k = await explicit(input);
     ctx.log.info(`kernel: ${k.release} from the description (${k.image}, ${k.modulesDir})`);

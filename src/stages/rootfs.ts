@@ -17,6 +17,7 @@ import { run } from '../core/exec.js';
 import { sha256 } from '../core/hash.js';
 import type { StageContext } from '../core/context.js';
 import type { Description } from '../model/schema.js';
+import { NETWORK_FILE } from '../model/network.js';
 import { clearForFile, compare, ensureDir, listTree, type RootfsEntry } from './rootfs-tree.js';
 import { scanSkel } from './rootfs-skel.js';
 
@@ -59,6 +60,8 @@ export interface RootfsInput {
   guest: Description['guest'];
   /** Filled by the modules stage: module files, and the text of /etc/modules (the load list). */
   modules?: { files: ModuleFile[]; etcModules?: string };
+  /** The guest's network settings: the text of /etc/network.conf and the applets rcS needs for them. */
+  network?: { text: string; applets: readonly string[] };
 }
 
 export interface RootfsOutput {
@@ -90,6 +93,12 @@ export async function rootfsStage(input: RootfsInput, ctx: StageContext): Promis
   const devices = parseDeviceTable(await readInput(input.deviceTable, 'device table'), input.deviceTable);
   const skel = await scanSkel(input.skel, { guest: { ...input.guest } });
   const moduleFiles = await checkModules(input.modules?.files ?? []);
+  for (const applet of input.network?.applets ?? []) {
+    const dirs = ['sbin', 'bin', 'usr/sbin', 'usr/bin'];
+    if (!(await Promise.all(dirs.map((d) => exists(join(input.installTree, d, applet))))).some(Boolean)) {
+      throw new InputError(`the busybox build has no ${applet} applet, which /etc/rc.d/rcS needs for guest.network`, `enable CONFIG_${applet.toUpperCase()} in the busybox configuration, or set guest.network: none`);
+    }
+  }
   checkAbort();
 
   const staging = resolve(ctx.workDir, 'rootfs');
@@ -137,6 +146,11 @@ export async function rootfsStage(input: RootfsInput, ctx: StageContext): Promis
   if (input.modules?.etcModules !== undefined) {
     const dest = await clearForFile(staging, 'etc/modules', 'the module load list');
     await writeFile(dest, input.modules.etcModules, { flag: 'wx' });
+    await chmod(dest, 0o644);
+  }
+  if (input.network !== undefined) {
+    const dest = await clearForFile(staging, NETWORK_FILE, 'the network settings');
+    await writeFile(dest, input.network.text, { flag: 'wx' });
     await chmod(dest, 0o644);
   }
 

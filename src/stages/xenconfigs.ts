@@ -19,8 +19,8 @@ import { DomuError, InputError } from '../core/errors.js';
 import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../store/genheader.js';
 import { projectPath } from '../core/paths.js';
-import { derivedMac, derivedUuid, quoted, relocationAllow } from '../xen/xencfg.js';
-import type { Description } from '../model/schema.js';
+import { derivedMac, derivedUuid, guestCmdline, guestExtra, quoted, relocationAllow } from '../xen/xencfg.js';
+import { xenType, type Description } from '../model/schema.js';
 import type { StageContext } from '../core/context.js';
 import { DOMU_VERSION } from '../core/version.js';
 
@@ -142,7 +142,8 @@ export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOp
   if (desc.hosts.length < 2) warnings.push(`only one host (${desc.hosts[0]!.name}): there is no other Dom0 to migrate to`);
   const mac = g.mac ?? derivedMac(g.name);
   const uuid = derivedUuid(g.name);
-  const common = { guest: g, store: desc.store, xen: desc.xen, network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
+  const xen = { ...desc.xen, type: xenType(desc) };
+  const common = { guest: g, store: desc.store, xen, pvh: xen.type === 'pvh', network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
   const domainTemplate = desc.xen.toolstack === 'xm' ? 'domain.xm.cfg.hbs' : 'domain.xl.cfg.hbs';
   const files: GeneratedFile[] = [];
   const configPath = (h: Description['hosts'][number]) => `xen/${h.name}/${g.name}.cfg`;
@@ -152,7 +153,7 @@ export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOp
   desc.hosts.forEach((host, i) => {
     const d = domains[i]!;
     const hostData = { ...host, hwaddr: undefined };
-    const data = { ...common, host: hostData, ...d, cmdline: [`root=${g.root}`, g.extra].filter(Boolean).join(' ') };
+    const data = { ...common, host: hostData, ...d, cmdline: guestCmdline(g.root, g.extra), extra: guestExtra(g.extra) };
     files.push({ path: configPath(host), content: render(dir, domainTemplate, data), template: domainTemplate });
     const hostDir = `hosts/${host.name}`;
     files.push({ path: `${hostDir}/ifcfg-${host.bridge}`, content: render(dir, 'ifcfg-xenbr0.hbs', { ...common, host: hostData }), template: 'ifcfg-xenbr0.hbs' });

@@ -23,6 +23,20 @@ export function quoted(value: string, key: string): string {
   return `"${value}"`;
 }
 
+/** The guest's console: hvc0 for PV and PVH (PVH would write to tty0 without it). */
+export const GUEST_CONSOLE = 'console=hvc0';
+
+/** guest.extra as the guest gets it: console=hvc0 first, unless extra names a console itself. */
+export function guestExtra(extra: string): string {
+  const words = extra.split(/\s+/).filter(Boolean);
+  return (words.some((w) => w.startsWith('console=')) ? words : [GUEST_CONSOLE, ...words]).join(' ');
+}
+
+/** The guest kernel's whole command line (xl's cmdline; xm's root + extra make the same). */
+export function guestCmdline(root: string, extra: string): string {
+  return `root=${root} ${guestExtra(extra)}`;
+}
+
 function digest(label: string, name: string): Buffer {
   return createHash('sha256').update(`domu-builder ${label}\0${name}`).digest();
 }

@@ -21,7 +21,7 @@
 //
 // The JSON (libxl's generator) OMITS every field that has its libxl default, e.g. on_poweroff =
 // "destroy", access=ro (readwrite 0), a nic without mac. Paths, for xl.cfg keys:
-//   name → c_info.name            type → c_info.type ("pv")
+//   name → c_info.name            type → c_info.type ("pv", the default, or "pvh")
 //   memory (MiB) → b_info.target_memkb (KiB)     maxmem (MiB) → b_info.max_memkb (KiB; = memory when absent)
 //   vcpus → b_info.max_vcpus (and b_info.avail_vcpus = [0..n-1])
 //   kernel / ramdisk / cmdline → b_info.kernel / b_info.ramdisk / b_info.cmdline

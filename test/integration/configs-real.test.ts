@@ -46,7 +46,7 @@ async function renderTo(name: string, desc: Description): Promise<Map<string, st
 }
 
 describe('xl parses every generated domain config', () => {
-  it('the reference inventory (xl dialect): name, memory, vcpus, kernel, ramdisk, cmdline, disk, vif as rendered', async () => {
+  it('the reference inventory (xl dialect, PVH): name, type, memory, vcpus, kernel, ramdisk, cmdline, disk, vif as rendered', async () => {
     const desc = loadDescription({});
     const configs = await renderTo('ref-xl', desc);
     expect([...configs.keys()]).toEqual(['test1', 'test2']);
@@ -57,13 +57,13 @@ describe('xl parses every generated domain config', () => {
       expect(r.stderr, host).not.toMatch(/warning/i);
       const j = r.json;
       expect(j.c_info.name).toBe('busybox');
-      expect(j.c_info.type).toBe('pv');
+      expect(j.c_info.type).toBe('pvh');
       expect(j.b_info.target_memkb).toBe(512 * 1024);
       expect(j.b_info.max_memkb).toBe(512 * 1024);
       expect(j.b_info.max_vcpus).toBe(1);
       expect(j.b_info.kernel).toBe(`/scsistore/boot/vmlinuz-${RELEASE}`);
       expect(j.b_info.ramdisk).toBe(`/scsistore/boot/initrd-${RELEASE}-busybox.gz`);
-      expect(j.b_info.cmdline).toBe('root=/dev/xvda ro selinux=0 init=/bin/sh');
+      expect(j.b_info.cmdline).toBe('root=/dev/xvda ro console=hvc0 selinux=0');
       expect(j.disks).toHaveLength(1);
       expect(j.disks[0]).toMatchObject({ vdev: 'xvda', pdev_path: '/scsistore/busybox.img', format: 'raw', readwrite: 1 });
       expect(j.nics).toHaveLength(1);
@@ -71,12 +71,25 @@ describe('xl parses every generated domain config', () => {
     }
   });
 
-  it('the xm dialect (reference lab form) parses to the same domain', async () => {
+  it('xen.type pv: the same domain as PV', async () => {
+    const desc = loadDescription({ text: 'xen:\n  type: pv\n' });
+    for (const [host, cfg] of await renderTo('ref-xl-pv', desc)) {
+      const r = await xl.parse(cfg);
+      expect(r.ok, `${host}: ${r.stderr}`).toBe(true);
+      expect(r.stderr, host).not.toMatch(/warning/i);
+      expect(r.json.c_info.type).toBe('pv');
+      expect(r.json.b_info.cmdline).toBe('root=/dev/xvda ro console=hvc0 selinux=0');
+      expect(r.json.b_info.kernel).toBe(`/scsistore/boot/vmlinuz-${RELEASE}`);
+    }
+  });
+
+  it('the xm dialect (reference lab form) parses to the same domain, as PV', async () => {
     const desc = loadDescription({ text: 'xen:\n  toolstack: xm\n' });
     for (const [host, cfg] of await renderTo('ref-xm', desc)) {
       const r = await xl.parse(cfg);
       expect(r.ok, `${host}: ${r.stderr}`).toBe(true);
-      expect(r.json.b_info.cmdline).toBe('root=/dev/xvda ro selinux=0 init=/bin/sh');
+      expect(r.json.c_info.type).toBe('pv');
+      expect(r.json.b_info.cmdline).toBe('root=/dev/xvda ro console=hvc0 selinux=0');
       expect(r.json.disks[0]).toMatchObject({ vdev: 'xvda', pdev_path: '/scsistore/busybox.img', readwrite: 1 });
       expect(r.json.b_info.target_memkb).toBe(512 * 1024);
       expect(r.json.nics[0].bridge).toBe('xenbr0');

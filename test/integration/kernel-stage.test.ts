@@ -1,12 +1,13 @@
 // The kernel stage on the real Debian kernel: explicit paths (either one derives the other),
 // the running host's kernel (a host root laid out like /boot + /lib/modules), the package
 // fallback, and the release checks (the bzImage header against the modules directory's name).
-import { copyFile, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/core/errors.js';
 import type { KernelPackage } from '../../src/kernel/kernel.js';
 import { kernelStage, type KernelInput } from '../../src/stages/kernel.js';
+import { pvhFromConfig } from '../../src/kernel/pvh.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { makeTestContext, tempDir, type TestContext } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
@@ -73,5 +74,52 @@ describe('kernelStage', () => {
     const k = await kernelStage({ ...base, hostRoot: join(dir, 'empty-host'), hostRelease: '9.9.9-none' }, ctx);
     expect(k).toMatchObject({ origin: 'package', release: kernel.release, image: kernel.image, modulesDir: kernel.modules, package: kernel.package, version: kernel.version });
     expect(ctx.lines.some((l) => l.includes(`no ${join(dir, 'empty-host', 'boot', 'vmlinuz-9.9.9-none')}`))).toBe(true);
+  });
+});
+
+// xen.type pvh: the kernel must boot as PVH (CONFIG_XEN_PVH), read from config-<release> beside the
+// image, else from the Xen ELF notes of the vmlinux inside the bzImage. The expected verdict is the
+// package's own config, not a constant.
+describe('kernelStage with xen.type pvh', () => {
+  let config: string;
+  let expected: boolean;
+  /** A root with boot/vmlinuz-<release> (a copy), the modules, and config-<release> when given. */
+  async function layout(name: string, configText?: string): Promise<string> {
+    const root = join(dir, name);
+    await mkdir(join(root, 'boot'), { recursive: true });
+    await mkdir(join(root, 'lib', 'modules'), { recursive: true });
+    await copyFile(kernel.image, join(root, 'boot', `vmlinuz-${kernel.release}`));
+    await symlink(kernel.modules, join(root, 'lib', 'modules', kernel.release));
+    if (configText !== undefined) await writeFile(join(root, 'boot', `config-${kernel.release}`), configText);
+    return join(root, 'boot', `vmlinuz-${kernel.release}`);
+  }
+  beforeAll(async () => {
+    config = join(kernel.image, '..', `config-${kernel.release}`);
+    expected = pvhFromConfig(await readFile(config, 'utf8'));
+  });
+
+  it('reads config-<release> beside the image (Debian\'s package has it)', async () => {
+    const k = await kernelStage({ ...base, image: kernel.image, xenType: 'pvh' }, ctx);
+    expect(k.pvh).toEqual({ pvh: expected, evidence: `${join(kernel.image, '..', `config-${kernel.release}`)}: ${expected ? 'CONFIG_XEN_PVH=y' : 'CONFIG_XEN_PVH is not set'}` });
+  });
+
+  it('without a config, the Xen ELF note PHYS32_ENTRY of the vmlinux in the bzImage gives the same verdict', async () => {
+    const image = await layout('no-config');
+    const k = await kernelStage({ ...base, image, xenType: 'pvh' }, ctx);
+    expect(k.pvh?.pvh).toBe(expected);
+    expect(k.pvh?.evidence).toContain(`(no config-${kernel.release} beside it)`);
+    if (expected) expect(k.pvh?.evidence).toContain('the Xen ELF note PHYS32_ENTRY');
+  }, 60_000);
+
+  it('a kernel whose config lacks CONFIG_XEN_PVH is one line naming it and the way out; xen.type pv does not check', async () => {
+    const text = (await readFile(config, 'utf8')).replace(/^CONFIG_XEN_PVH=y$/m, '# CONFIG_XEN_PVH is not set');
+    const image = await layout('no-pvh', text);
+    const e = await badInput(kernelStage({ ...base, image, xenType: 'pvh' }, ctx));
+    expect(e.message).toBe(
+      `the guest kernel ${kernel.release} (${image}) cannot boot as PVH (xen.type: pvh): ${join(dir, 'no-pvh', 'boot', `config-${kernel.release}`)}: CONFIG_XEN_PVH is not set; use xen.type: pv, or a kernel built with CONFIG_XEN_PVH=y`,
+    );
+    expect(e.message).not.toContain('\n');
+    const pv = await kernelStage({ ...base, image, xenType: 'pv' }, ctx);
+    expect(pv.pvh).toBeUndefined();
   });
 });

@@ -179,6 +179,27 @@ describe('xl -N create on a valid PV config (xl syntax)', () => {
   });
 });
 
+describe('xl -N create on a PVH config (type = "pvh", the same keys)', () => {
+  it('gives type pvh with kernel, ramdisk, cmdline, disk and vif as written', async () => {
+    const r = await parse(PV.replace('vcpus = 2\n', 'vcpus = 2\ntype = "pvh"\n'));
+    expect(complaints(r)).toBe('');
+    expect(r).toMatchObject({ ok: true, exitCode: 0 });
+    const j = r.json;
+    expect(j.c_info.type).toBe('pvh');
+    expect(j.b_info.kernel).toBe('/boot/vmlinuz-6.1.0-41-amd64');
+    expect(j.b_info.ramdisk).toBe('/boot/initrd.img-6.1.0-41-amd64');
+    expect(j.b_info.cmdline).toBe('root=/dev/xvda ro console=hvc0');
+    expect(j.disks).toEqual([{ pdev_path: '/scsistore/busybox.img', vdev: 'xvda', format: 'raw', readwrite: 1 }]);
+    expect(j.nics[0]).toMatchObject({ mac: '00:16:3e:12:34:56', bridge: 'xenbr0' });
+  });
+
+  it('type = "pv" is written out the same way', async () => {
+    const r = await parse(PV.replace('vcpus = 2\n', 'vcpus = 2\ntype = "pv"\n'));
+    expect(r).toMatchObject({ ok: true, exitCode: 0 });
+    expect(r.json.c_info.type).toBe('pv');
+  });
+});
+
 describe("the reference lab's xm-dialect config", () => {
   it('is accepted: file: is stripped, root + extra become cmdline, on_shutdown is ignored', async () => {
     const r = await parse(REFERENCE_LAB);

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { inputError } from '../helpers/errors.js';
 import { InputError } from '../../src/core/errors.js';
 import { formatSize, parseSize } from '../../src/core/size.js';
 import {
@@ -17,17 +18,6 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const FIX = join(ROOT, 'test/fixtures/descriptions');
 const fixture = (name: string) => join(FIX, name);
 
-/** The InputError thrown by fn (fails the test if nothing is thrown). */
-function inputError(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(InputError);
-    expect((e as InputError).exitCode).toBe(2);
-    return e as InputError;
-  }
-  throw new Error('expected an InputError');
-}
 
 /** Line `n` (1-based) of a fixture, to check that asserted positions point at what we think. */
 function lineOf(name: string, n: number): string {
@@ -74,10 +64,11 @@ describe('defaults', () => {
         memory: 512,
         vcpus: 1,
         root: '/dev/xvda ro',
-        extra: 'selinux=0 init=/bin/sh',
+        extra: 'selinux=0',
         on_crash: 'destroy',
         on_reboot: 'destroy',
         on_poweroff: 'destroy',
+        network: { address: '172.16.31.4/16' },
       },
       busybox: { version: '1.22.1', fallback: 'distro', fragment: 'busybox-config/static.fragment', libc: 'glibc', mirrors: [] },
       image: { file: 'busybox.img', size: 1073741824, populate: 'auto', skel: 'rootfs-skel' },
@@ -197,7 +188,7 @@ describe('errors name the file, line, column and key path', () => {
     const lines = e.message.split('\n');
     expect(lines).toHaveLength(2);
     expect(lines[0]).toBe(
-      `${file}:3:3: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff); did you mean "memory"?`,
+      `${file}:3:3: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff, network); did you mean "memory"?`,
     );
     expect(at('unknown-keys.yaml', 3, 3)).toMatch(/^memroy:/);
     expect(lines[1]).toBe(`${file}:6:1: colour: unknown key "colour" at the top level (allowed: guest, busybox, image, kernel, modules, store, xen, network, hosts)`);
@@ -332,7 +323,7 @@ describe('flags', () => {
     const overrides: Override[] = [parseSetFlag('guest.memroy=1024'), parseSetFlag('hosts.2.name=test3')];
     const lines = inputError(() => loadDescription({ file: fixture('partial.yaml'), overrides })).message.split('\n');
     expect(lines).toEqual([
-      'flag --set guest.memroy=1024: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff); did you mean "memory"?',
+      'flag --set guest.memroy=1024: guest.memroy: unknown key "memroy" in guest (allowed: name, memory, maxmem, vcpus, root, extra, mac, on_crash, on_reboot, on_poweroff, network); did you mean "memory"?',
       'flag --set hosts.2.name=test3: hosts.2.address: missing: expected an IPv4 address like 172.16.31.1',
       'flag --set hosts.2.name=test3: hosts.2.bridge: missing: expected a bridge name of 1 to 15 characters [A-Za-z0-9_.-]',
     ]);

@@ -109,7 +109,7 @@ describe('rootfsStage: the tree', () => {
     expect((await readdir(root)).sort()).toEqual(TOP_LEVEL);
     await expect(lstat(join(root, 'linuxrc'))).rejects.toThrow(/ENOENT/);
     expect((await readdir(join(root, 'etc'))).sort()).toEqual(['fstab', 'group', 'hostname', 'inittab', 'modules', 'passwd', 'rc.d']);
-    expect(await readdir(join(root, 'etc', 'rc.d'))).toEqual(['rcS']);
+    expect((await readdir(join(root, 'etc', 'rc.d'))).sort()).toEqual(['hvc0-shell', 'rcS']);
     expect(await readdir(join(root, 'lib'))).toEqual(['modules']);
     for (const d of ['dev', 'proc', 'sys', 'lib/modules', 'boot', 'mnt', 'media', 'opt', 'misc', 'root', 'tmp']) {
       expect(await readdir(join(root, d)), d).toEqual([]); // no device nodes: the image stage makes them
@@ -184,16 +184,20 @@ describe('rootfsStage: the tree', () => {
 
   it('inittab: the required busybox init lines', async () => {
     const lines = (await readFile(join(root, 'etc/inittab'), 'utf8')).split('\n');
-    const hvc0 = "::respawn:/bin/sh -c 'until { true <>/dev/hvc0; } 2>/dev/null; do sleep 60; done; exec /bin/sh -l <>/dev/hvc0 >&0 2>&0'";
-    for (const l of ['::sysinit:/etc/rc.d/rcS', hvc0, '::ctrlaltdel:/sbin/reboot', '::shutdown:/bin/umount -a -r', '::restart:/sbin/init']) {
+    const hvc0 = '::respawn:/etc/rc.d/hvc0-shell';
+    for (const l of ['::sysinit:/etc/rc.d/rcS', '::askfirst:-/bin/sh', hvc0, '::ctrlaltdel:/sbin/reboot', '::shutdown:/bin/umount -a -r', '::restart:/sbin/init']) {
       expect(lines).toContain(l);
     }
-    // The Xen console: a login shell on hvc0 once it can be opened, never init opening hvc0 itself
-    // (where there is no hvc0 init would retry every second, each time printing on the console);
-    // short enough for busybox 1.22.1's 256-byte inittab commands.
+    // One shell per terminal: one on the console, and hvc0-shell starts one on hvc0 only when hvc0
+    // is not the console (never init opening hvc0 itself, which it would retry every second where
+    // there is none).
+    expect(lines.filter((l) => /^[^#].*\/bin\/sh/.test(l))).toEqual(['::askfirst:-/bin/sh']);
     expect(lines.filter((l) => /^hvc0:/.test(l))).toEqual([]);
-    expect(hvc0.length).toBeLessThan(200);
-    await run(env, 'sh', ['-n', '-c', /-c '([^']*)'/.exec(hvc0)![1]!]); // the script init hands to sh
+    const script = await readFile(join(root, 'etc/rc.d/hvc0-shell'), 'utf8');
+    await run(env, 'sh', ['-n', join(root, 'etc/rc.d/hvc0-shell')]);
+    expect(await modeOf(join(root, 'etc/rc.d/hvc0-shell'))).toBe(0o755);
+    expect(script).toMatch(/\/sys\/class\/tty\/console\/active/);
+    expect(script).toMatch(/exec \/bin\/sh -l <>\/dev\/hvc0 >&0 2>&0/);
     expect(lines.some((l) => /^::(askfirst|respawn):-\/bin\/sh$/.test(l))).toBe(true);
     expect(lines.filter((l) => l.startsWith('#')).length).toBeGreaterThan(5); // explained
     for (const l of lines.filter((x) => x && !x.startsWith('#'))) expect(l.split(':')).toHaveLength(4);

@@ -17,6 +17,7 @@ import type { BootFiles } from '../../stages/xenconfigs.js';
 import type { PipelineStage, PreflightCheck } from '../run.js';
 import type { StageContext } from '../../core/context.js';
 import { DEFAULTS, type Description } from '../../model/schema.js';
+import { guestNetwork, networkApplets, networkFileText } from '../../model/network.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { resolveDataPath } from './busybox.js';
 
@@ -37,6 +38,8 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
     title: 'Assemble the root file system',
     run: async (ctx) => {
       const m = state.modules;
+      const net = guestNetwork(desc);
+      const network = { text: networkFileText(net), applets: networkApplets(net) };
       const out = resolve(flags.outDir ?? 'out');
       const sourceDateEpoch = await epochOf(flags, state);
       state.imageKey = await imageKey({
@@ -45,6 +48,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
         deviceTable,
         guest: desc.guest,
         modules: m ? { files: m.files, etcModules: m.etcModules } : undefined,
+        network: network.text,
         size: desc.image.size,
         populate: desc.image.populate,
         sourceDateEpoch,
@@ -56,7 +60,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
         return { cacheHit: true, note: 'up to date', outputs: { imageKey: state.imageKey } };
       }
       const r = await rootfsStage(
-        { installTree: state.compile!.installTree, skel, deviceTable, guest: desc.guest, ...(m ? { modules: { files: m.files, etcModules: m.etcModules } } : {}) },
+        { installTree: state.compile!.installTree, skel, deviceTable, guest: desc.guest, network, ...(m ? { modules: { files: m.files, etcModules: m.etcModules } } : {}) },
         ctx,
       );
       state.rootfs = r;

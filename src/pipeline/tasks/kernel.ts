@@ -14,7 +14,7 @@ import { kernelStage, localBuildDir, type KernelOutput } from '../../stages/kern
 import { modulesStage, resolveModules } from '../../stages/modules.js';
 import type { PipelineStage } from '../run.js';
 import type { StageContext } from '../../core/context.js';
-import type { Description } from '../../model/schema.js';
+import { xenType as typeOfGuest, type Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 
 /** What the generated ramdisk loads to mount the root: Xen's block front end and ext4 (its
@@ -34,7 +34,8 @@ export function kernelTask(desc: Description, state: PlanState, imageOptional = 
     name: 'kernel',
     title: 'Resolve the guest kernel',
     run: async (ctx) => {
-      const k = await kernelStage({ image: desc.kernel.image, modules: desc.kernel.modules, package: desc.kernel.package, imageOptional }, ctx);
+      const xenType = imageOptional ? undefined : { xenType: typeOfGuest(desc) };
+      const k = await kernelStage({ image: desc.kernel.image, modules: desc.kernel.modules, package: desc.kernel.package, imageOptional, ...xenType }, ctx);
       state.kernel = k;
       return { cacheHit: false, note: `${k.release} (${k.origin}${k.package ? ` ${k.package} ${k.version}` : ''})`, outputs: { ...k } };
     },

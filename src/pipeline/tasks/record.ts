@@ -7,7 +7,9 @@ import { programVersion } from '../../core/prereqs.js';
 import { DOMU_VERSION } from '../../core/version.js';
 import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../../model/buildrecord.js';
 import type { PipelineStage } from '../run.js';
-import type { Description } from '../../model/schema.js';
+import { xenType, type Description } from '../../model/schema.js';
+import { guestNetwork } from '../../model/network.js';
+import { guestCmdline } from '../../xen/xencfg.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { fileIdentity } from '../uptodate.js';
 
@@ -42,6 +44,12 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
           compileKey: state.compile!.key,
         },
         kernel: state.kernel ? { release: state.kernel.release, origin: state.kernel.origin, package: state.kernel.package ?? null, version: state.kernel.version ?? null } : null,
+        guest: {
+          type: xenType(desc),
+          pvh: state.kernel?.pvh ? { pvh: state.kernel.pvh.pvh ?? null, evidence: state.kernel.pvh.evidence } : null,
+          cmdline: guestCmdline(desc.guest.root, desc.guest.extra),
+          network: guestNetwork(desc),
+        },
         modules: (state.modules?.modules ?? []).map((m) => ({ name: m.name, dest: m.dest, vermagic: m.release, verdict: m.verdict, size: m.size })),
         ramdiskModules: state.initramfs?.modules ?? [],
         sourceDateEpoch: state.sourceDateEpoch!,
