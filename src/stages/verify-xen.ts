@@ -251,9 +251,9 @@ export class XenVerification {
     this.ctx.progress('poweroff; reading the file from the guest disk in dom0');
     await this.send('guest-poweroff');
     const gone = await this.dom0(['N=0; while xl domid "$DOMU_GUEST" >/dev/null 2>&1 && [ $N -lt 60 ]; do sleep 1; N=$((N+1)); done; xl destroy "$DOMU_GUEST" >/dev/null 2>&1; echo "gone after $N s"']);
-    const r = await this.dom0([`mkdir -p /mnt/domu-guest && mount -o loop "$DOMU_STORE/$DOMU_IMAGE" /mnt/domu-guest && { cat /mnt/domu-guest${GUEST_FILE}; S=$?; umount /mnt/domu-guest; [ $S = 0 ]; }`]);
-    const text = lastLine(r.out);
-    await this.must('file on the guest disk', r.status === 0 && text === this.written, `${lastLine(gone.out)}; the image holds ${GUEST_FILE} = ${text || '(nothing)'}`, t0);
+    const r = await this.dom0([`mkdir -p /mnt/domu-guest && mount -o loop "$DOMU_STORE/$DOMU_IMAGE" /mnt/domu-guest && { read -r F < /mnt/domu-guest${GUEST_FILE}; S=$?; echo "domu-file $F"; umount /mnt/domu-guest; [ $S = 0 ]; }`]);
+    const text = /^domu-file (.*)$/m.exec(r.out)?.[1]?.trim() ?? '';
+    await this.must('file on the guest disk', r.status === 0 && text === this.written, `${lastLine(gone.out)}; the image holds ${GUEST_FILE} = ${text || `(nothing: ${lastLine(r.out)})`}`, t0);
   }
 
   /** `xl info` as key → value. */
@@ -275,7 +275,8 @@ function countMarkers(text: string): number {
   return text.split('\n').filter((l) => l.trim() === READY_MARKER).length;
 }
 
+/** The last line of a command's output (or the last that matches `prefer`); dom0's kernel messages are not its output. */
 function lastLine(text: string, prefer?: RegExp): string {
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !/^\[\s*\d+\.\d+\]/.test(l));
   return (prefer && lines.filter((l) => prefer.test(l)).pop()) || lines.pop() || '';
 }

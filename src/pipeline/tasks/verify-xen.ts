@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { StageContext } from '../../core/context.js';
 import { InputError } from '../../core/errors.js';
-import type { BuildRecord } from '../../model/buildrecord.js';
+import { BUILD_RECORD, type BuildRecord } from '../../model/buildrecord.js';
 import { makeScratchStore, type ScratchStore } from '../../store/scratch-store.js';
-import { XenVerification, type XenGuestType } from '../../stages/verify-xen.js';
+import { XenVerification } from '../../stages/verify-xen.js';
 import { fetchKernelPackage } from '../../kernel/kernel.js';
 import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
@@ -32,17 +32,6 @@ interface XenRun {
 /** The prefix length of a dotted netmask (schema-checked: ones then zeros). */
 const prefixOf = (mask: string) => mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
 
-/** The guest's static address as `a.b.c.d/prefix`, or undefined (dhcp, none). */
-function staticAddress(record: BuildRecord): string | undefined {
-  const n = (record.description.guest as { network?: unknown }).network;
-  return typeof n === 'object' && n !== null && typeof (n as { address?: unknown }).address === 'string' ? (n as { address: string }).address : undefined;
-}
-
-function guestType(record: BuildRecord): XenGuestType {
-  const t = (record.description.xen as { type?: unknown }).type;
-  return t === 'pv' ? 'pv' : t === 'pvh' ? 'pvh' : record.description.xen.toolstack === 'xm' ? 'pv' : 'pvh';
-}
-
 export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags, timeoutS: number): Plan {
   const d = record.description;
   const host = d.hosts[0];
@@ -55,8 +44,10 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
   artifactPath(out, config, 'the domain config');
   const bootFiles = [record.boot.kernel.path, ...(record.boot.ramdisk ? [record.boot.ramdisk.path] : [])];
   for (const f of bootFiles) artifactPath(out, f, 'the boot file');
-  const type = guestType(record);
-  const address = staticAddress(record);
+  if (!record.guest) throw new InputError(`${join(out, BUILD_RECORD)} was written by an older domu: it does not say the guest's type and network`, `run \`domu build --out ${out}\` again`);
+  const type = record.guest.type;
+  const net = record.guest.network;
+  const address = net.mode === 'static' ? `${net.address}/${net.prefix}` : undefined;
   const storePath = host.store_path ?? d.store.path;
   const run: XenRun = {};
   const dir = (ctx: StageContext) => join(ctx.workDir, 'verify-xen');
