@@ -75,11 +75,12 @@ export function program(): Command {
     .action(pipelineCommand('build', async () => (await plans()).planBuild));
   withCommon(p.command('fetch').description('source stage only: obtain and verify the busybox tarball; print its path and sha256')).action(pipelineCommand('fetch', async () => (await plans()).planFetch));
   p.command('doctor')
-    .description('check the programs the pipeline needs and say what to install')
+    .description('check the programs the pipeline needs and say what to install; on a Dom0, whether xen.type can live-migrate on its hypervisor')
     .option('--json', 'machine-readable report')
-    .action(async (o: { json?: boolean }) => {
-      const { doctor, formatDoctor } = await import('./doctor.js');
-      const r = await doctor();
+    .option('-c, --config <file>', 'build description whose xen.type is checked (default ./guest.yaml when present)')
+    .action(async (o: { json?: boolean; config?: string }) => {
+      const { doctor, formatDoctor, descriptionType } = await import('./doctor.js');
+      const r = await doctor(descriptionType(o.config));
       process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatDoctor(r)}\n`);
       process.exitCode = r.ok ? 0 : 1;
     });

@@ -12,6 +12,7 @@
 import { dirname } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { abortError, DomuError, errorMessage } from '../core/errors.js';
+import { parseXlInfo } from '../xen/hypervisor.js';
 import { splitConsole, type XenHost } from '../xen/nested-xen.js';
 import { READY_MARKER, TAIL_LINES } from './verify.js';
 import { GUEST_FILE, GUEST_TAG, parseAfter, parseGuestFacts, parsePings, parseWritten, pauseOf, type GuestFacts, type GuestScript } from './verify-xen-guest.js';
@@ -258,8 +259,7 @@ export class XenVerification {
 
   /** `xl info` as key → value. */
   async xlInfo(): Promise<Record<string, string>> {
-    const r = await this.dom0(['xl info </dev/null']);
-    return Object.fromEntries(r.out.split('\n').map((l) => /^(\w+)\s*:\s*(.*)$/.exec(l.trim())).filter((m) => m !== null).map((m) => [m[1]!, m[2]!.trim()]));
+    return parseXlInfo((await this.dom0(['xl info </dev/null'])).out);
   }
 
   get consoleLog(): string {

@@ -134,6 +134,16 @@ describe('doctor', () => {
     expect(r.exitCode).toBe(0);
   });
 
+  it('on a machine that is not a Dom0 says so for the hypervisor, without failing (xl info answers only on a Dom0)', async () => {
+    const r = await domu(['doctor', '--json']);
+    const rep = JSON.parse(r.stdout) as { xen: { hypervisor: unknown; absent: string | null; type: string | null; warning: string | null } };
+    // xl is not installed on this machine (the tests use Debian's xl unpacked in a private directory).
+    expect(rep.xen).toMatchObject({ hypervisor: null, type: 'pvh', warning: null });
+    expect(rep.xen.absent).toMatch(/xl not found: this machine is not a Xen Dom0|did not answer/);
+    const plain = await domu(['doctor']);
+    expect(plain.stdout).toMatch(/^- +xl info +.*not a Xen Dom0|did not answer/m);
+  });
+
   it('names the missing package and the apt-get line when a program is missing', async () => {
     const r = await domu(['doctor'], { env: { PATH: '/nonexistent' } });
     expect(r.exitCode).toBe(1);

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, which } from '../../src/core/exec.js';
 import { sha256File } from '../../src/core/hash.js';
 import { buildDom0Initramfs } from '../../src/xen/dom0-initramfs.js';
+import { hypervisorFromXlInfo, liveMigrationProblem } from '../../src/xen/hypervisor.js';
 import { XenHost, type XenHostParts } from '../../src/xen/nested-xen.js';
 import { fetchXenPackages } from '../../src/xen/xen-packages.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
@@ -89,6 +90,12 @@ describe.skipIf(missing)('nested Xen host (real packages, QEMU TCG)', () => {
       expect(field('xen_version')?.startsWith(`${parts.xen.majorMinor}.`), info.lines.join('\n')).toBe(true);
       expect(field('virt_caps')?.split(/\s+/)).toContain('hap');
       expect(field('host')).toBe('xenhost1');
+      // What `domu doctor` says on a Dom0 of this hypervisor (Debian's Xen: HAP, no shadow paging).
+      const hv = hypervisorFromXlInfo(info.lines.join('\n'));
+      expect(hv?.version).toBe(field('xen_version'));
+      expect(hv?.virtCaps).toEqual(field('virt_caps')!.split(/\s+/));
+      expect(liveMigrationProblem('pv', hv!.virtCaps)).toMatch(/^a PV guest cannot live-migrate on this hypervisor: it has no shadow paging/);
+      expect(liveMigrationProblem('pvh', hv!.virtCaps)).toBeUndefined();
 
       const store = await host.run(['grep " /scsistore " /proc/mounts | cut -d" " -f1,3', 'cat /scsistore/marker'], 30);
       expect(store.lines).toEqual(['/dev/vda ext4', marker]);

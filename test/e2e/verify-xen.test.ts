@@ -1,0 +1,103 @@
+// `domu verify` on Debian's real Xen nested in QEMU (TCG), through the CLI as an administrator runs
+// it, on builds of the default guest from the shared test cache. The PVH default with its live
+// migration is proved by the fault suite's Xen file (test/faults/interrupt-xen.test.ts), whose
+// last run must pass every check after the interrupted ones, and by test/e2e/full.test.ts on a
+// cold cache. Here: a PV guest (no live migration on this hypervisor: save and restore instead),
+// a guest that cannot mount its root, and a time-out that names its phase. --out is never
+// changed and no QEMU is left behind.
+import { rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { which } from '../../src/core/exec.js';
+import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
+import { domuJson, stage } from '../helpers/cli.js';
+import { tempDir } from '../helpers/context.js';
+import { buildXenGuest, identities, qemusFor, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
+
+const missing = (await which('qemu-system-x86_64')) ? undefined : 'qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86; scripts/setup.sh does it)';
+if (missing) console.warn(`verify-xen: SKIPPING: ${missing}`);
+
+interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+let dir: string;
+
+beforeAll(async () => {
+  dir = await tempDir('domu-verify-xen-');
+});
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const verify = (out: string, extra: string[] = XEN_TEST_TIMEOUT) => domuJson(['verify', '--json', '--out', out, '--cache-dir', TEST_CACHE_DIR, ...extra]);
+
+describe.skipIf(missing)('domu verify on real Xen', () => {
+  it(
+    'xen.type pv: boots, network up, every check passes; live migration is reported impossible and save/restore is checked instead',
+    async () => {
+      const out = await buildXenGuest(dir, 'out-pv', ['xen.type=pv']);
+      const before = await identities(out);
+      const { r, s } = await verify(out);
+      expect(r.exitCode, r.stderr).toBe(0);
+      const checks = (['guest', 'checks', 'move', 'disk'] as const).flatMap((n) => (stage(s, n).outputs as { checks: Check[] }).checks);
+      expect(checks.filter((c) => !c.ok)).toEqual([]);
+      expect(checks.map((c) => c.name)).toEqual([
+        'xl create',
+        'ready marker',
+        'console shell',
+        'applets',
+        'kernel release',
+        'root file system',
+        'modules loaded',
+        'address',
+        'ping dom0 → guest',
+        'ping guest → dom0',
+        'file written',
+        'save and restore',
+        'same guest after the move',
+        'file after the move',
+        'ping dom0 → guest after the move',
+        'ping guest → dom0 after the move',
+        'file on the guest disk',
+      ]);
+      const move = stage(s, 'move');
+      expect((move.outputs as { kind: string }).kind).toBe('save-restore');
+      expect(r.stderr).toMatch(/live migration not tried: a PV guest cannot live-migrate on this hypervisor: it has no shadow paging/);
+      expect((move.outputs as { liveMigration: string }).liveMigration).toMatch(/no shadow paging/);
+      // Xen says so itself: its capabilities have hap and no shadow.
+      const caps = String((stage(s, 'dom0').outputs as { virtCaps: string }).virtCaps);
+      expect(caps.split(/\s+/)).toContain('hap');
+      expect(caps.split(/\s+/)).not.toContain('shadow');
+      expect(checks.find((c) => c.name === 'modules loaded')!.detail).toMatch(/xen_netfront loaded/);
+      expect(await identities(out)).toEqual(before);
+      expect(await qemusFor(dirname(s.log))).toEqual([]);
+    },
+    900_000,
+  );
+
+  it(
+    'kernel.ramdisk none: the guest kernel cannot mount its root; exit 1, the check named, the console tail names the root device',
+    async () => {
+      const out = await buildXenGuest(dir, 'out-noramdisk', ['kernel.ramdisk=none']);
+      const { r, s } = await verify(out);
+      expect(r.exitCode, r.stderr).toBe(1);
+      expect(s.error?.message).toMatch(/^the guest did not boot: .*the guest kernel panicked/);
+      expect(r.stderr).toMatch(/the last 30 lines of the guest console:\n[\s\S]*VFS: (Cannot open|Unable to mount) root[^\n]*xvda|unknown-block/);
+      expect(r.stderr).toMatch(/the last 30 lines of xl dmesg:/);
+      expect(r.stderr).not.toMatch(/^\s+at /m);
+      expect(await qemusFor(dirname(s.log))).toEqual([]);
+    },
+    600_000,
+  );
+
+  it('--timeout 3: exit 1 naming what it waited for (dom0), no QEMU left', async () => {
+    const out = join(dir, 'out-pv');
+    const { r, s } = await verify(out, ['--timeout', '3']);
+    expect(r.exitCode, r.stderr).toBe(1);
+    expect(s.error?.message).toMatch(/^the nested Xen host did not come up: timed out after 3\.0 s waiting for dom0's ready marker domu-dom0-ready/);
+    expect(await qemusFor(dirname(s.log))).toEqual([]);
+  }, 120_000);
+});
