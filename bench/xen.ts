@@ -35,7 +35,8 @@ const LABELS: Record<keyof Phases, string> = {
 
 function phasesOf(s: Summary, wall: number): Phases {
   const o = (name: string) => stage(s, name).outputs as Record<string, number>;
-  return { initramfs: o('xen').dom0InitramfsSeconds!, dom0Ready: o('dom0').readySeconds!, toMarker: o('guest').markerSeconds!, migration: o('move').seconds!, pause: o('move').pauseSeconds!, whole: wall };
+  const ramdisk = (stage(s, 'xen').outputs as { dom0Initramfs: { seconds: number } }).dom0Initramfs;
+  return { initramfs: ramdisk.seconds, dom0Ready: o('dom0').readySeconds!, toMarker: o('guest').markerSeconds!, migration: o('move').seconds!, pause: o('move').pauseSeconds!, whole: wall };
 }
 
 async function once(out: string, cache: string): Promise<Phases> {

@@ -148,8 +148,12 @@ export class XenVerification {
     return { createSeconds, markerSeconds };
   }
 
-  /** The hello script (Enter first, for an askfirst console) every 10 s, until the shell answers. */
-  private async openShell(): Promise<void> {
+  /**
+   * The hello script (Enter first, for an askfirst console) every 10 s, until the shell answers.
+   * Also after a move: a PV guest's console is hung up by its restore, so its shell ends at its
+   * next read and init starts the askfirst shell again.
+   */
+  private async openShell(check = 'console shell'): Promise<void> {
     const t0 = performance.now();
     const deadline = t0 + this.timeoutS * 1000;
     for (;;) {
@@ -160,11 +164,11 @@ export class XenVerification {
       } catch (e) {
         if (this.ctx.signal.aborted) throw abortError(this.ctx.signal);
         if (performance.now() < deadline - 1000 && /timed out/.test(errorMessage(e))) continue;
-        this.record('console shell', false, errorMessage(e), t0);
-        throw await this.failure(`the guest reached ${READY_MARKER}, but no shell answered on its console (hvc0): ${errorMessage(e)}`);
+        this.record(check, false, errorMessage(e), t0);
+        throw await this.failure(`${check === 'console shell' ? `the guest reached ${READY_MARKER}, but ` : ''}no shell answered on its console (hvc0): ${errorMessage(e)}`);
       }
     }
-    this.record('console shell', true, 'a shell answers on hvc0', t0);
+    this.record(check, true, 'a shell answers on hvc0', t0);
   }
 
   /** Applets, root device, modules, address, pings both ways, a file on the disk. */
@@ -231,6 +235,7 @@ export class XenVerification {
     const moved = this.host.console.length;
     await this.host.waitForGuest(new RegExp(`.*${GUEST_TAG} hb `), 'a heartbeat after the move', this.timeoutS, moved);
     await this.inGuest('guest-hb-stop', 'the heartbeat to stop', 'hb-stopped');
+    await this.openShell('console shell after the move');
     const pauseSeconds = pauseOf(this.guestText(hbFrom));
     const now = (await this.dom0(['xl domid "$DOMU_GUEST"'])).out.trim();
     const a = parseAfter(await this.inGuest('guest-after', 'the guest after the move'));

@@ -57,6 +57,7 @@ describe.skipIf(missing)('domu verify on real Xen', () => {
         'ping guest → dom0',
         'file written',
         'save and restore',
+        'console shell after the move',
         'same guest after the move',
         'file after the move',
         'ping dom0 → guest after the move',
