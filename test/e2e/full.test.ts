@@ -6,6 +6,7 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../src/core/paths.js';
+import type { BuildRecord } from '../../src/model/buildrecord.js';
 import { domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 
@@ -42,6 +43,13 @@ describe('from nothing to a booting guest', () => {
     // The default asks for busybox 1.22.1, which this archive does not carry: said in plain words.
     expect(s.substitutions!.join('\n')).toMatch(/busybox 1\.35\.0 was built instead of the requested 1\.22\.1/);
     expect(s.substitutions!.join('\n')).toMatch(/is Debian's package linux-image-/);
+    // The guest as Xen starts it (issue 15): PVH, console=hvc0, the real init, eth0's address.
+    const record = JSON.parse(await readFile(join(out, 'build.json'), 'utf8')) as BuildRecord;
+    expect(record.guest).toMatchObject({ type: 'pvh', cmdline: 'root=/dev/xvda ro console=hvc0 selinux=0', network: { mode: 'static', address: '172.16.31.4', prefix: 16, gateway: '172.16.0.1' } });
+    expect(record.guest.pvh).toEqual({ pvh: true, evidence: expect.stringMatching(new RegExp(`/config-${record.kernel!.release.replace(/\./g, '\\.')}: CONFIG_XEN_PVH=y$`)) });
+    const cfg = await readFile(join(out, 'xen', 'test1', 'busybox.cfg'), 'utf8');
+    expect(cfg).toMatch(/^type = "pvh"$/m);
+    expect(cfg).toMatch(/^cmdline = "root=\/dev\/xvda ro console=hvc0 selinux=0"$/m);
   }, 900_000);
 
   it('domu verify boots it under QEMU: ready marker, applets, modules', async () => {

@@ -89,6 +89,10 @@ describe('the default guest image', () => {
     expect(stat1).toMatch(/Device major\/minor number: 202:0?1 \(hex ca:0?1\)/);
     const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', image])).stdout.trim();
     expect(hostname).toBe('busybox');
+    // The guest's network as data for rcS, and the scripts init and udhcpc run.
+    const netconf = (await execa('debugfs', ['-R', 'cat /etc/network.conf', image])).stdout;
+    expect(netconf.split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(['mode=static', 'address=172.16.31.4/16', 'gateway=172.16.0.1']);
+    for (const script of ['/etc/rc.d/hvc0-shell', '/usr/share/udhcpc/default.script']) expect(entries.get(script)!.mode & 0o777, script).toBe(0o755);
 
     // The modules: xen-netfront in the release tree and flat (the reference lab's insmod line),
     // modules.dep, and /etc/modules with the load order.

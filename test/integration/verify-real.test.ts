@@ -3,7 +3,10 @@
 // ready marker, find the build's applet count and xen_netfront refused only with "No such device",
 // leave the image byte-identical, and fail (exit 1, console tail) on a guest that panics, on a
 // time-out, on SIGTERM; no QEMU process may be left after any of it. Also the inittab's hvc0
-// line: silent where there is no hvc0, a login shell with job control where there is one.
+// line (etc/rc.d/hvc0-shell): silent where there is no hvc0, a login shell with job control where
+// hvc0 is a terminal of its own (console=ttyS0). The case where hvc0 IS the console (Xen's
+// console=hvc0) cannot be made here: Debian's virtio_console is a module, so hvc0 registers after
+// init has opened its console; guest-init-real.test.ts checks hvc0-shell's decision instead.
 import { randomBytes } from 'node:crypto';
 import { createConnection } from 'node:net';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';

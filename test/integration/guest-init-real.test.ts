@@ -1,12 +1,18 @@
-// The guest's boot script bringing eth0 up, for real: the rootfs stage stages the real static
-// busybox with the project's skel and the /etc/network.conf a description gives; the guest's own
-// /bin/sh runs its own /etc/rc.d/rcS chrooted into that tree, in a network namespace of its own
-// (ip netns; a veth pair stands in for xen-netfront's eth0), with UTS, mount and PID namespaces
-// (rcS sets the hostname and mounts /proc and /sys; udhcpc and udhcpd die with the namespace's
-// init). Checks: static address and default route, DHCP through busybox udhcpc and its default
-// script (udhcpd serving on the other end), none, and a missing eth0 reported without a hang;
-// every time the ready marker is rcS's last line. Needs root (namespaces, chroot).
-import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+// The guest's boot scripts for real, with the real static busybox and the project's skel staged by
+// the rootfs stage, the guest's own /bin/sh running them chrooted into that tree.
+//
+// rcS bringing eth0 up from the /etc/network.conf a description gives, in a network namespace of
+// its own (ip netns; a veth pair stands in for xen-netfront's eth0), with UTS, mount and PID
+// namespaces (rcS sets the hostname and mounts /proc and /sys; udhcpc and udhcpd die with the
+// namespace's init). Checks: static address and default route, DHCP through busybox udhcpc and its
+// default script (udhcpd serving on the other end), none, and a missing eth0 reported without a
+// hang; every time the ready marker is rcS's last line.
+//
+// etc/rc.d/hvc0-shell's decision (one shell per terminal): a login shell on hvc0 only when hvc0
+// is not the console, i.e. not the last name in /sys/class/tty/console/active (the kernel's ABI:
+// the last entry is the device behind /dev/console); here that file is a plain file of the
+// chrooted tree and hvc0 a character device made there. Needs root (namespaces, chroot, mknod).
+import { cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, type ExecEnv } from '../../src/core/exec.js';
@@ -130,6 +136,36 @@ describe.skipIf(!root)('rcS brings eth0 up from /etc/network.conf (real busybox,
     expect(r.stderr.trim()).toBe('rcS: no eth0: the network (static) is not configured');
     expect(await readFile(join(guest, 'dev/console'), 'utf8')).toBe('domu-guest-ready\n');
   }, 120_000);
+});
+
+describe.skipIf(!root)('hvc0-shell: a login shell on hvc0 only when hvc0 is not the console', () => {
+  /**
+   * Run hvc0-shell for at most 3 s with `active` as the console list; hvc0 a character device
+   * (1:3, reads end at once) or absent. Exit 0: a shell ran on hvc0 and ended; 124: still waiting.
+   */
+  async function hvc0Shell(name: string, active: string, hvc0: boolean): Promise<number> {
+    const guest = await guestRoot(name, 'guest:\n  network: none\n');
+    await mkdir(join(guest, 'sys/class/tty/console'), { recursive: true });
+    await writeFile(join(guest, 'sys/class/tty/console/active'), `${active}\n`);
+    if (hvc0) await run(env, 'mknod', [join(guest, 'dev/hvc0'), 'c', '1', '3']);
+    // GNU timeout signals the whole process group: the script and its sleep.
+    const r = await run(env, 'timeout', ['3', 'chroot', guest, '/etc/rc.d/hvc0-shell'], { okExitCodes: [0, 124] });
+    if (!hvc0) await expect(stat(join(guest, 'dev/hvc0'))).rejects.toThrow(/ENOENT/); // nothing made in its place
+    return r.exitCode;
+  }
+
+  it('hvc0 is the console (console=hvc0, as under Xen): no second shell there, it waits', async () => {
+    expect(await hvc0Shell('hvc0-console', 'hvc0', true)).toBe(124);
+    expect(await hvc0Shell('hvc0-last', 'ttyS0 hvc0', true)).toBe(124);
+  }, 60_000);
+
+  it('hvc0 is a terminal of its own (another console last): a login shell runs on it', async () => {
+    expect(await hvc0Shell('hvc0-own', 'hvc0 tty0', true)).toBe(0);
+  }, 60_000);
+
+  it('no hvc0 (QEMU, not Xen): it waits quietly and creates nothing', async () => {
+    expect(await hvc0Shell('no-hvc0', 'ttyS0', false)).toBe(124);
+  }, 60_000);
 });
 
 describe('the rootfs stage refuses a busybox without the applets rcS needs', () => {
