@@ -93,7 +93,7 @@ function defaultEnv(): ExecEnv {
 
 async function decompressWith(env: ExecEnv, program: 'xz' | 'zstd', path: string): Promise<Buffer> {
   const label = program === 'xz' ? 'xz' : 'zstd';
-  const child = spawnStream(env, program, ['-dc', '--', path], { missingHint: `install ${program === 'xz' ? 'xz-utils' : 'zstd'}` });
+  const child = await spawnStream(env, program, ['-dc', '--', path], { missingHint: `install ${program === 'xz' ? 'xz-utils' : 'zstd'}` });
   const chunks: Buffer[] = [];
   try {
     for await (const c of child.stdout) chunks.push(c as Buffer);
