@@ -4,6 +4,8 @@ import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { sha256File } from '../../core/hash.js';
 import { programVersion } from '../../core/prereqs.js';
+import { which } from '../../core/exec.js';
+import { memoizedProbe } from '../../core/probememo.js';
 import { DOMU_VERSION } from '../../core/version.js';
 import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../../model/buildrecord.js';
 import type { PipelineStage } from '../run.js';
@@ -14,6 +16,15 @@ import { fileIdentity } from '../uptodate.js';
 async function artifact(out: string, path: string): Promise<ArtifactRecord> {
   const st = await stat(path);
   return { path: relative(out, path), sha256: await sha256File(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
+}
+
+/** mke2fs's version, kept in the cache while the mke2fs binary is unchanged (core/probememo.ts). */
+async function mke2fsVersion(cacheRoot: string, noCache: boolean): Promise<string | null> {
+  if (noCache) return programVersion('mke2fs');
+  // The binary PATH finds now is part of the key: an mke2fs put earlier on PATH is another program.
+  const bin = await which('mke2fs');
+  if (!bin) return programVersion('mke2fs');
+  return memoizedProbe(cacheRoot, 'mke2fs-version', { path: process.env.PATH ?? null, bin }, async () => ({ value: await programVersion('mke2fs'), files: [bin] }));
 }
 
 export function recordTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
@@ -49,7 +60,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
           domu: DOMU_VERSION,
           node: process.version,
           cc: state.kconfig!.toolchain.ccVersion,
-          mke2fs: (await programVersion('mke2fs')) ?? 'unknown',
+          mke2fs: (await mke2fsVersion(ctx.cache.root, flags.noCache ?? false)) ?? 'unknown',
         },
         image: { path: relative(out, imagePath), sha256: img.sha256, apparentBytes: img.apparentBytes, allocatedBytes: img.allocatedBytes, uuid: img.uuid, populate: img.populate, reproducible: img.reproducible, inodesUsed: img.inodesUsed, files: img.files },
         boot: {
