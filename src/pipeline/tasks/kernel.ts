@@ -116,7 +116,7 @@ export function initramfsTask(desc: Description, flags: PlanFlags, state: PlanSt
       };
       // Up to date: the ramdisk in --out/boot was generated from the same inputs and not touched since.
       const out = resolve(flags.outDir ?? 'out');
-      state.ramdiskKey = await ramdiskKey({ ...input, initScript: INIT_SCRIPT });
+      state.ramdiskKey = await ramdiskKey({ ...input, initScript: INIT_SCRIPT, hash: (p) => ctx.cache.fileHashes.sha256(p) });
       state.previous ??= await readBuildRecord(out);
       const prev = state.previous;
       const placed = join(out, 'boot', bootNames(desc, k.release).ramdisk!);

@@ -2,7 +2,6 @@
 // succeeded. It also says whether the build changed anything at all ("up to date").
 import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
-import { sha256File } from '../../core/hash.js';
 import { programVersion } from '../../core/prereqs.js';
 import { which } from '../../core/exec.js';
 import { memoizedProbe } from '../../core/probememo.js';
@@ -11,11 +10,11 @@ import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecor
 import type { PipelineStage } from '../run.js';
 import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
-import { fileIdentity } from '../uptodate.js';
+import { fileIdentity, type HashFn } from '../uptodate.js';
 
-async function artifact(out: string, path: string): Promise<ArtifactRecord> {
+async function artifact(out: string, path: string, hash: HashFn): Promise<ArtifactRecord> {
   const st = await stat(path);
-  return { path: relative(out, path), sha256: await sha256File(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
+  return { path: relative(out, path), sha256: await hash(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
 }
 
 /** mke2fs's version, kept in the cache while the mke2fs binary is unchanged (core/probememo.ts). */
@@ -37,6 +36,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
       const img = state.image!;
       const imagePath = join(out, desc.image.file);
       const ramdiskPath = state.boot?.ramdisk;
+      const hash: HashFn = (p) => ctx.cache.fileHashes.sha256(p);
       const body: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'> = {
         version: BUILD_RECORD_VERSION,
         domu: DOMU_VERSION,
@@ -64,8 +64,8 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
         },
         image: { path: relative(out, imagePath), sha256: img.sha256, apparentBytes: img.apparentBytes, allocatedBytes: img.allocatedBytes, uuid: img.uuid, populate: img.populate, reproducible: img.reproducible, inodesUsed: img.inodesUsed, files: img.files },
         boot: {
-          kernel: state.boot?.kernel ? await artifact(out, state.boot.kernel) : null,
-          ramdisk: ramdiskPath ? await artifact(out, ramdiskPath) : null,
+          kernel: state.boot?.kernel ? await artifact(out, state.boot.kernel, hash) : null,
+          ramdisk: ramdiskPath ? await artifact(out, ramdiskPath, hash) : null,
         },
         initramfs: state.initramfs && ramdiskPath ? { ...state.initramfs, path: relative(out, ramdiskPath) } : null,
         configs: state.configs?.files ?? [],
