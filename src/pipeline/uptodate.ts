@@ -12,6 +12,7 @@ import { hashValue, sha256File } from '../core/hash.js';
 import { ROOTFS_VERSION } from '../stages/rootfs.js';
 import type { ModuleFile } from '../stages/rootfs.js';
 import type { BuildRecord } from '../model/buildrecord.js';
+import type { Cache } from '../core/cache.js';
 import type { Description } from '../model/schema.js';
 
 /** Bump when the image or ramdisk a key names would come out differently. */
@@ -38,6 +39,11 @@ export function sameIdentity(a: FileIdentity | undefined, b: FileIdentity | unde
 
 /** How a key reads a file's sha256 (the cache's identity-keyed FileHashes in a run). */
 export type HashFn = (path: string) => Promise<string>;
+
+/** The run's remembered file hashes (core/filehashes.ts); with --no-cache every file is read. */
+export function hashOf(cache: Cache, noCache: boolean | undefined): HashFn {
+  return noCache ? sha256File : (p) => cache.fileHashes.sha256(p);
+}
 
 /** Every entry of a directory tree: path, type, mode, and content hash or link target. */
 async function treeDigest(root: string, hash: HashFn): Promise<string[]> {

@@ -8,7 +8,7 @@ import { InputError } from '../../core/errors.js';
 import { checkImageFits } from '../../core/filesize.js';
 import { sha256File } from '../../core/hash.js';
 import { readBuildRecord } from '../../model/buildrecord.js';
-import { currentImage, imageKey, type HashFn } from '../uptodate.js';
+import { currentImage, hashOf, imageKey, type HashFn } from '../uptodate.js';
 import { imageStage, type StagedFiles } from '../../stages/image.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
@@ -48,7 +48,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
         size: desc.image.size,
         populate: desc.image.populate,
         sourceDateEpoch,
-        hash: (p) => ctx.cache.fileHashes.sha256(p),
+        hash: hashOf(ctx.cache, flags.noCache),
       });
       state.previous ??= await readBuildRecord(out);
       if (!flags.noCache && (await currentImage(state.previous, out, state.imageKey))) {
@@ -86,7 +86,7 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
       // The kernel and ramdisk go into --out together with the image: counted in its free-space
       // check, copied beside it before it is renamed into place, renamed right after it.
       const boot = desc.kernel.ship ? bootFiles(desc, flags, state) : undefined;
-      const files = await prepareFiles(boot?.files ?? [], (p) => ctx.cache.fileHashes.sha256(p));
+      const files = await prepareFiles(boot?.files ?? [], hashOf(ctx.cache, flags.noCache));
       const img = await imageStage(
         {
           staging: r.staging,
@@ -219,7 +219,7 @@ function bootFiles(desc: Description, flags: PlanFlags, state: PlanState): { boo
 export async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState, ctx: StageContext): Promise<PlanState['boot']> {
   const b = bootFiles(desc, flags, state);
   if (!b) return undefined;
-  const staged = await stageFiles(ctx, await prepareFiles(b.files, (p) => ctx.cache.fileHashes.sha256(p)));
+  const staged = await stageFiles(ctx, await prepareFiles(b.files, hashOf(ctx.cache, flags.noCache)));
   try {
     await staged.commit();
   } catch (e) {

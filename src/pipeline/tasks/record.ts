@@ -10,7 +10,7 @@ import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecor
 import type { PipelineStage } from '../run.js';
 import type { Description } from '../../model/schema.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
-import { fileIdentity, type HashFn } from '../uptodate.js';
+import { fileIdentity, hashOf, type HashFn } from '../uptodate.js';
 
 async function artifact(out: string, path: string, hash: HashFn): Promise<ArtifactRecord> {
   const st = await stat(path);
@@ -36,7 +36,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
       const img = state.image!;
       const imagePath = join(out, desc.image.file);
       const ramdiskPath = state.boot?.ramdisk;
-      const hash: HashFn = (p) => ctx.cache.fileHashes.sha256(p);
+      const hash: HashFn = hashOf(ctx.cache, flags.noCache);
       const body: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'> = {
         version: BUILD_RECORD_VERSION,
         domu: DOMU_VERSION,
