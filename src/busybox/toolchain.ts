@@ -3,10 +3,11 @@
 // own headers, not the host's.
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { tempPathFor } from '../core/atomic.js';
 import { DomuError, InputError } from '../core/errors.js';
-import { run, type ExecEnv } from '../core/exec.js';
+import { run, which, type ExecEnv } from '../core/exec.js';
+import { memoizedProbe } from '../core/probememo.js';
 
 export type Libc = 'glibc' | 'musl';
 
@@ -89,6 +90,77 @@ export async function muslKernelHeaders(cacheRoot: string): Promise<string> {
   return dir;
 }
 
+/** Environment variables that change what gcc finds or how it words its version line. */
+const GCC_ENV = ['CPATH', 'C_INCLUDE_PATH', 'GCC_EXEC_PREFIX', 'COMPILER_PATH', 'LANG', 'LC_ALL', 'LC_MESSAGES', 'LANGUAGE'];
+
+/**
+ * probeToolchain's answer, kept in the cache (core/probememo.ts) while the compiler driver found
+ * on PATH, cc1, every header the probe read, and every directory of the include search path
+ * (with the subdirectories those headers were found in, present or not) are unchanged: a no-op
+ * build starts no compiler. musl-gcc (a wrapper script with a specs file) is always asked.
+ */
+export async function probeToolchainMemo(env: ExecEnv, cacheRoot: string, spec: ToolchainSpec, extraCflags: string[] = []): Promise<Toolchain> {
+  const cc = compilerFor(spec);
+  // The driver PATH finds now is part of the key: a gcc put earlier on PATH is another compiler.
+  const driver = spec.libc === 'musl' ? undefined : await which(cc);
+  if (!driver) return probeToolchain(env, spec, extraCflags);
+  const key = { spec: { libc: spec.libc, crossCompile: spec.crossCompile ?? null }, extraCflags, arch: process.arch, driver, env: GCC_ENV.map((v) => process.env[v] ?? null) };
+  return memoizedProbe(cacheRoot, 'toolchain', key, async () => {
+    const value = await probeToolchain(env, spec, extraCflags);
+    // The files the probe reads: the same pass with line markers (`# 1 "/usr/include/features.h"`)
+    // and, on stderr, the include search path (-v).
+    const marked = await run(env, cc, [...extraCflags, '-v', '-E', '-x', 'c', '-'], { input: PROBE, quiet: true });
+    const cc1 = (await run(env, cc, ['-print-prog-name=cc1'], { quiet: true })).stdout.trim();
+    const headers = [...new Set([...marked.stdout.matchAll(/^# \d+ "(\/[^"]+)"/gm)].map((m) => m[1]!))];
+    const search = includeSearchPath(marked.stderr);
+    // Without cc1 found as a file or a search path, nothing proves the answer later: not kept.
+    if (!cc1.startsWith('/') || !search.length) return { value, files: [] };
+    return { value, files: [driver, cc1, ...probeDependencies(headers, search)] };
+  });
+}
+
+/** The directories of `gcc -v`'s "#include … search starts here:" lists, in order. */
+export function includeSearchPath(stderr: string): string[] {
+  const out: string[] = [];
+  let inList = false;
+  for (const line of stderr.split('\n')) {
+    if (/^#include .* search starts here:$/.test(line)) inList = true;
+    else if (line === 'End of search list.') inList = false;
+    else if (inList && line.startsWith(' /')) out.push(posix.normalize(line.trim().replace(/ \(framework directory\)$/, '')));
+  }
+  return out;
+}
+
+/**
+ * What a header lookup depends on: each header and its directory, and in EVERY search directory
+ * each subdirectory a header was found in (`linux`, `bits`, …, and the directory itself), whether
+ * it exists or not: a header that would shadow one of them has to be created in one of those
+ * directories, or create one of the absent ones in a directory that is recorded.
+ */
+export function probeDependencies(headers: string[], search: string[]): string[] {
+  const subdirs = new Set<string>(['']);
+  for (const h of headers) {
+    // Under every search directory that holds it (/usr/include and /usr/include/x86_64-linux-gnu).
+    for (const base of search.filter((d) => h.startsWith(`${d}/`))) {
+      const parts = h.slice(base.length + 1).split('/').slice(0, -1);
+      for (let i = 1; i <= parts.length; i++) subdirs.add(parts.slice(0, i).join('/'));
+    }
+  }
+  const dirs = search.flatMap((d) => [...subdirs].map((s) => (s ? `${d}/${s}` : d)));
+  return [...new Set([...headers, ...headers.map((h) => posix.dirname(h)), ...dirs])];
+}
+
+// One preprocessor pass answers both questions for this compiler and these flags.
+const PROBE = [
+  '#include <features.h>',
+  '#include <linux/pkt_sched.h>',
+  'DOMU_GLIBC __GLIBC__ __GLIBC_MINOR__',
+  '#ifdef TCA_CBQ_MAX',
+  'DOMU_HAS_TCA_CBQ_MAX',
+  '#endif',
+  '',
+].join('\n');
+
 export async function probeToolchain(env: ExecEnv, spec: ToolchainSpec, extraCflags: string[] = []): Promise<Toolchain> {
   const cc = compilerFor(spec);
   const hint = spec.crossCompile
@@ -97,17 +169,7 @@ export async function probeToolchain(env: ExecEnv, spec: ToolchainSpec, extraCfl
       ? 'apt-get install musl-tools'
       : 'apt-get install gcc libc6-dev';
   const version = await run(env, cc, ['--version'], { missingHint: hint, quiet: true });
-  // One preprocessor pass answers both questions for this compiler and these flags.
-  const probe = [
-    '#include <features.h>',
-    '#include <linux/pkt_sched.h>',
-    'DOMU_GLIBC __GLIBC__ __GLIBC_MINOR__',
-    '#ifdef TCA_CBQ_MAX',
-    'DOMU_HAS_TCA_CBQ_MAX',
-    '#endif',
-    '',
-  ].join('\n');
-  const pre = await run(env, cc, [...extraCflags, '-E', '-P', '-x', 'c', '-'], { input: probe, quiet: true });
+  const pre = await run(env, cc, [...extraCflags, '-E', '-P', '-x', 'c', '-'], { input: PROBE, quiet: true });
   const m = /DOMU_GLIBC (\d+) (\d+)/.exec(pre.stdout);
   const target = spec.crossCompile ? crossTarget(spec.crossCompile) : undefined;
   const machine = target?.machine ?? HOST_MACHINE[process.arch];

@@ -99,7 +99,18 @@ function flagsFrom(o: CommonOpts): PlanFlags {
     forceVermagic: o.forceVermagic ?? false,
     allowInconsistent: o.allowInconsistent ?? false,
     publish: publishFrom(o),
+    cacheDir: plainCacheDir(o),
   };
+}
+
+/** The cache directory for kept results at plan time: only a plain one (cacheDirOf refuses the rest later). */
+function plainCacheDir(o: CommonOpts): string | undefined {
+  try {
+    const dir = resolve(o.cacheDir ?? defaultCacheDir());
+    return PLAIN_PATH.test(dir) ? dir : undefined;
+  } catch {
+    return undefined; // reported where the run needs it (cacheDirOf)
+  }
 }
 
 function publishFrom(o: CommonOpts): PlanFlags['publish'] {
@@ -127,9 +138,11 @@ function outputMode(o: CommonOpts): OutputMode {
  * The cache directory. Paths below it reach make's command line (CONFIG_PREFIX=…, the build
  * directory), where make expands `$(…)` even in a value: only plain path characters are taken.
  */
+const PLAIN_PATH = /^[A-Za-z0-9._+,@%=:~\/-]+$/;
+
 function cacheDirOf(o: CommonOpts): string {
   const dir = resolve(o.cacheDir ?? defaultCacheDir());
-  if (!/^[A-Za-z0-9._+,@%=:~\/-]+$/.test(dir)) {
+  if (!PLAIN_PATH.test(dir)) {
     const from = o.cacheDir !== undefined ? '--cache-dir' : 'the cache directory ($XDG_CACHE_HOME or ~/.cache)';
     throw new InputError(`${from} ${JSON.stringify(dir)} has characters that make would expand or split (only letters, digits and . _ + , @ % = : ~ / - are taken)`, 'pass --cache-dir with a plain path');
   }

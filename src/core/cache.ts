@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { renameDirInto, sweepTemps, tempPathFor } from './atomic.js';
 import { faultPoint } from './fault.js';
 import { hasManifest, verifyByHash, verifyByStat, writeManifest, type VerifyResult } from './manifest.js';
+import { FileHashes } from './filehashes.js';
 
 const exists = (p: string) => stat(p).then(() => true, () => false);
 
@@ -60,12 +61,17 @@ export interface LookupOptions {
 }
 
 export class Cache {
+  /** sha256 of files remembered by identity (core/filehashes.ts); written when the run closes. */
+  readonly fileHashes: FileHashes;
+
   /** `signal`: the run's abort signal (only the fault injection point waits on it). */
   constructor(
     readonly root: string,
     private readonly signal?: AbortSignal,
     private readonly log?: CacheWarn,
-  ) {}
+  ) {
+    this.fileHashes = new FileHashes(join(root, 'probes', 'file-hashes.json'));
+  }
 
   entryPath(kind: string, key: string): string {
     if (!KEY_RE.test(kind) || !KEY_RE.test(key)) throw new Error(`bad cache address ${kind}/${key}`);

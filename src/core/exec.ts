@@ -4,7 +4,6 @@ import { constants, existsSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { execa } from 'execa';
 import { abortError, DomuError } from './errors.js';
 import type { Logger } from './log.js';
 
@@ -55,6 +54,12 @@ export function commandLine(file: string, args: readonly string[]): string {
   return [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
 }
 
+// execa (and its ~250 modules) is loaded when a run starts its first program, not when the CLI
+// starts: `domu --help`, a no-op build and `domu configs` start none. It is always loaded BEFORE a
+// child is started (never between starting a child and reading its output).
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = () => (execaModule ??= import('execa'));
+
 export async function run(env: ExecEnv, file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return runFedBy(env, undefined, file, args, opts);
 }
@@ -90,6 +95,8 @@ export async function runFedBy(env: ExecEnv, producer: readonly [string, readonl
     stripFinalNewline: true,
     ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
   } as const;
+  const { execa } = await loadExeca();
+  if (env.signal.aborted) throw abortError(env.signal);
   let result;
   if (producer) {
     const feeder = execa(...dyingWithUs(producer[0], producer[1]), { stdin: 'ignore', buffer: false, reject: false, cancelSignal: env.signal });
@@ -170,8 +177,11 @@ export interface StreamChild {
  * Start a program whose stdout the caller consumes as a stream (e.g. `bzip2 -dc FILE`).
  * Argument array, no shell; stderr is captured for the error message; the child is killed when
  * the run aborts. `exit` never causes an unhandled rejection if the caller ignores it.
+ * The promise settles as soon as the child is started: attach the reader of `stdout` right away,
+ * with no other `await` in between (load what the reader needs before calling this).
  */
-export function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): StreamChild {
+export async function spawnStream(env: ExecEnv, file: string, args: readonly string[], opts: Pick<ExecOptions, 'cwd' | 'env' | 'okExitCodes' | 'missingHint'> = {}): Promise<StreamChild> {
+  const { execa } = await loadExeca();
   if (env.signal.aborted) throw abortError(env.signal);
   const shown = commandLine(file, args);
   env.log.debug(`$ ${shown} |${opts.cwd ? `   (in ${opts.cwd})` : ''}`);

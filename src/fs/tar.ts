@@ -15,12 +15,19 @@ import { basename } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
-import { extract as tarExtract } from 'tar-stream';
-import unbzip2 from 'unbzip2-stream';
 import { tempPathFor } from '../core/atomic.js';
 import { abortError, AbortedError, DomuError, errorMessage } from '../core/errors.js';
 import { ExecError, spawnStream, which, type ExecEnv, type StreamChild } from '../core/exec.js';
 import { TreeWriter, type EntryStream } from './tar-tree.js';
+
+// tar-stream and unbzip2-stream are loaded when an archive is extracted, not when the CLI starts
+// (a no-op build extracts nothing), and before any decompressor child is started.
+interface TarLibs {
+  tarExtract: typeof import('tar-stream').extract;
+  unbzip2: typeof import('unbzip2-stream');
+}
+let tarLibs: Promise<TarLibs> | undefined;
+const loadTarLibs = () => (tarLibs ??= Promise.all([import('tar-stream'), import('unbzip2-stream')]).then(([t, u]) => ({ tarExtract: t.extract, unbzip2: u.default })));
 
 export type Decompressor = 'native' | 'js';
 
@@ -66,19 +73,21 @@ export async function safeExtract(opts: SafeExtractOptions): Promise<SafeExtract
   }
   env.log.debug(`extract ${archive} (${compression}${compression === 'bzip2' ? `, ${decompressor}` : ''}) -> ${dest}`);
 
+  const libs = await loadTarLibs();
   const tmp = tempPathFor(dest);
   await mkdir(tmp, { mode: 0o700 });
   let child: StreamChild | undefined;
   try {
     let source: Readable;
     if (compression === 'bzip2' && decompressor === 'native') {
-      child = spawnStream(env, 'bzip2', ['-dc', '--', archive]);
+      // Nothing is awaited between starting the child and parse() attaching the reader.
+      child = await spawnStream(env, 'bzip2', ['-dc', '--', archive]);
       source = child.stdout;
     } else {
-      source = jsSource(archive, compression);
+      source = jsSource(archive, compression, libs);
     }
     const writer = new TreeWriter(tmp, label, strip);
-    await parse(source, writer, env, opts.onProgress, child);
+    await parse(source, writer, env, opts.onProgress, child, libs);
     writer.finish();
     if (env.signal.aborted) throw abortError(env.signal);
     if (await pathExists(dest)) throw new DomuError(`${label}: cannot extract into ${dest}: it appeared while extracting`);
@@ -131,7 +140,7 @@ async function sniff(archive: string, label: string): Promise<Compression> {
 /** Marks errors raised by the decompressor (as opposed to the tar parser or the file system). */
 class DecompressError extends Error {}
 
-function jsSource(archive: string, compression: Compression): Readable {
+function jsSource(archive: string, compression: Compression, { unbzip2 }: TarLibs): Readable {
   const file = createReadStream(archive, { highWaterMark: 1 << 20 });
   if (compression === 'none') return file;
   // unbzip2-stream is an old-style stream: consume it through a PassThrough (facts.md).
@@ -153,7 +162,7 @@ function jsSource(archive: string, compression: Compression): Readable {
  * keep reading the decompressor to its end: if it fails too, that is the real cause (a truncated
  * or corrupt .bz2 usually shows up first as garbage or a short tar stream).
  */
-async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgress: ((n: number) => void) | undefined, child: StreamChild | undefined): Promise<void> {
+async function parse(source: Readable, writer: TreeWriter, env: ExecEnv, onProgress: ((n: number) => void) | undefined, child: StreamChild | undefined, { tarExtract }: TarLibs): Promise<void> {
   const ex = tarExtract();
   const inbox = new Inbox(source);
   let refusal: unknown; // our own error (refusal, file system): stop at once

@@ -286,6 +286,7 @@ const compiled = new Map<string, RegExp>();
 
 /** kmod's alias_normalize: `-` → `_`, except inside `[…]` where `-` is a range. */
 export function normalizeAlias(alias: string): string {
+  if (!alias.includes('[')) return alias.replaceAll('-', '_');
   let out = '';
   let inBracket = false;
   for (const c of alias) {
@@ -307,18 +308,68 @@ function matchesNormalized(pattern: string, n: string): boolean {
   // The literal head must match first: this skips compiling nearly all of the ~26000 patterns
   // (pci:v…, usb:v…) for a name like crypto-crc32c.
   if (!n.startsWith(normalizeAlias(pattern.slice(0, wild)))) return false;
+  return regExpOf(pattern).test(n);
+}
+
+function regExpOf(pattern: string): RegExp {
   let re = compiled.get(pattern);
   if (!re) {
     re = globToRegExp(normalizeAlias(pattern));
     compiled.set(pattern, re);
   }
-  return re.test(n);
+  return re;
+}
+
+/**
+ * The patterns of one alias list sorted for lookup, made once per list: plain patterns by their
+ * normalized text, wildcard ones by the first character of their normalized literal head (those
+ * with no head apart). A lookup then tests only the patterns that can match, with the same test
+ * as matchesNormalized, and gives the matches in list order.
+ */
+interface AliasLookup {
+  size: number;
+  exact: Map<string, number[]>;
+  byFirst: Map<string, number[]>;
+  headless: number[];
+  heads: string[];
+}
+
+const lookups = new WeakMap<readonly [string, string][], AliasLookup>();
+
+function lookupOf(pairs: readonly [string, string][]): AliasLookup {
+  const known = lookups.get(pairs);
+  if (known && known.size === pairs.length) return known;
+  const l: AliasLookup = { size: pairs.length, exact: new Map(), byFirst: new Map(), headless: [], heads: [] };
+  const add = (m: Map<string, number[]>, k: string, i: number) => {
+    const list = m.get(k);
+    if (list) list.push(i);
+    else m.set(k, [i]);
+  };
+  pairs.forEach(([pattern], i) => {
+    const wild = pattern.search(WILDCARD);
+    if (wild < 0) return add(l.exact, normalizeAlias(pattern), i);
+    const head = normalizeAlias(pattern.slice(0, wild));
+    l.heads[i] = head;
+    if (head) add(l.byFirst, head[0]!, i);
+    else l.headless.push(i);
+  });
+  lookups.set(pairs, l);
+  return l;
 }
 
 /** The module names an alias resolves to, in index order, without repeats. */
 export function resolveAlias(pairs: readonly [string, string][], name: string): string[] {
-  const out: string[] = [];
+  const l = lookupOf(pairs);
   const n = normalizeAlias(name);
-  for (const [pattern, module] of pairs) if (matchesNormalized(pattern, n) && !out.includes(module)) out.push(module);
+  const hits = [...(l.exact.get(n) ?? [])];
+  for (const list of [l.byFirst.get(n.charAt(0)) ?? [], l.headless]) {
+    for (const i of list) if (n.startsWith(l.heads[i]!) && regExpOf(pairs[i]![0]).test(n)) hits.push(i);
+  }
+  hits.sort((a, b) => a - b);
+  const out: string[] = [];
+  for (const i of hits) {
+    const module = pairs[i]![1];
+    if (!out.includes(module)) out.push(module);
+  }
   return out;
 }

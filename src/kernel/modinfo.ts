@@ -94,7 +94,7 @@ function defaultEnv(): ExecEnv {
 /** The decompressed content of an xz or zstd file (`xz -dc` / `zstd -dc`). */
 export async function decompressFile(env: ExecEnv, program: 'xz' | 'zstd', path: string): Promise<Buffer> {
   const label = program === 'xz' ? 'xz' : 'zstd';
-  const child = spawnStream(env, program, ['-dc', '--', path], { missingHint: `install ${program === 'xz' ? 'xz-utils' : 'zstd'}` });
+  const child = await spawnStream(env, program, ['-dc', '--', path], { missingHint: `install ${program === 'xz' ? 'xz-utils' : 'zstd'}` });
   const chunks: Buffer[] = [];
   try {
     for await (const c of child.stdout) chunks.push(c as Buffer);

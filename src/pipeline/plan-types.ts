@@ -36,6 +36,8 @@ export interface PlanFlags {
   forceVermagic?: boolean;
   /** --allow-inconsistent: hosts that disagree on kernel/ramdisk/disk/bridge are a warning. */
   allowInconsistent?: boolean;
+  /** The cache directory when it is a plain path (read at plan time for kept results only). */
+  cacheDir?: string | undefined;
   /** --publish and its options: copy the --out tree into store.path. */
   publish?: { allowUnmounted: boolean; force: boolean; lockTimeoutMs: number; store?: string | undefined } | undefined;
 }

@@ -232,6 +232,7 @@ export class Run {
   async close(): Promise<void> {
     if (activeJournal() === this.journal) setActiveJournal(undefined);
     await this.runLog.close();
+    await this.cache.fileHashes.save();
     await pruneRuns(join(this.opts.cacheDir, 'runs'), KEEP_RUN_DIRS);
   }
 }

@@ -12,6 +12,7 @@ import { hashValue, sha256File } from '../core/hash.js';
 import { ROOTFS_VERSION } from '../stages/rootfs.js';
 import type { ModuleFile } from '../stages/rootfs.js';
 import type { BuildRecord } from '../model/buildrecord.js';
+import type { Cache } from '../core/cache.js';
 import type { Description } from '../model/schema.js';
 
 /** Bump when the image or ramdisk a key names would come out differently. */
@@ -36,8 +37,16 @@ export function sameIdentity(a: FileIdentity | undefined, b: FileIdentity | unde
   return !!a && !!b && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.size === b.size;
 }
 
+/** How a key reads a file's sha256 (the cache's identity-keyed FileHashes in a run). */
+export type HashFn = (path: string) => Promise<string>;
+
+/** The run's remembered file hashes (core/filehashes.ts); with --no-cache every file is read. */
+export function hashOf(cache: Cache, noCache: boolean | undefined): HashFn {
+  return noCache ? sha256File : (p) => cache.fileHashes.sha256(p);
+}
+
 /** Every entry of a directory tree: path, type, mode, and content hash or link target. */
-async function treeDigest(root: string): Promise<string[]> {
+async function treeDigest(root: string, hash: HashFn): Promise<string[]> {
   const out: string[] = [];
   const walk = async (rel: string) => {
     const names = (await readdir(join(root, rel))).sort();
@@ -50,7 +59,7 @@ async function treeDigest(root: string): Promise<string[]> {
         out.push(`d ${r} ${mode}`);
         await walk(r);
       } else if (st.isSymbolicLink()) out.push(`l ${r} ${await readlink(p)}`);
-      else out.push(`f ${r} ${mode} ${await sha256File(p)}`);
+      else out.push(`f ${r} ${mode} ${await hash(p)}`);
     }
   };
   await walk('');
@@ -68,18 +77,20 @@ export interface ImageKeyInput {
   size: number;
   populate: string;
   sourceDateEpoch: number;
+  hash?: HashFn;
 }
 
 /** The key of the image's bytes (see the file comment). */
 export async function imageKey(i: ImageKeyInput): Promise<string> {
+  const hash = i.hash ?? sha256File;
   const modules = i.modules
-    ? { etc: i.modules.etcModules, files: await Promise.all(i.modules.files.map(async (f) => [f.dest, await sha256File(f.src)])) }
+    ? { etc: i.modules.etcModules, files: await Promise.all(i.modules.files.map(async (f) => [f.dest, await hash(f.src)])) }
     : null;
   return hashValue({
     v: KEY_VERSION,
     rootfs: ROOTFS_VERSION,
     compile: i.compileKey,
-    skel: await treeDigest(i.skel),
+    skel: await treeDigest(i.skel, hash),
     deviceTable: await readFile(i.deviceTable, 'utf8'),
     guest: i.guest,
     modules,
@@ -96,15 +107,17 @@ export interface RamdiskKeyInput {
   modules: { name: string; file: string; path: string }[];
   initScript: string;
   sourceDateEpoch: number;
+  hash?: HashFn;
 }
 
 export async function ramdiskKey(i: RamdiskKeyInput): Promise<string> {
+  const hash = i.hash ?? sha256File;
   return hashValue({
     v: KEY_VERSION,
-    busybox: await sha256File(i.busybox),
+    busybox: await hash(i.busybox),
     release: i.release,
-    modules: await Promise.all(i.modules.map(async (m) => [m.name, m.path, await sha256File(m.file)])),
-    init: await sha256File(i.initScript),
+    modules: await Promise.all(i.modules.map(async (m) => [m.name, m.path, await hash(m.file)])),
+    init: await hash(i.initScript),
     epoch: i.sourceDateEpoch,
   });
 }

@@ -18,7 +18,7 @@ import {
 } from '../busybox/kconfig.js';
 import { scanKconfigDeps } from '../busybox/kconfig-sources.js';
 import { formatMismatches, verifyFragment } from '../busybox/kconfig-verify.js';
-import { glibcAtLeast, muslKernelHeaders, probeToolchain, type Toolchain, type ToolchainSpec } from '../busybox/toolchain.js';
+import { glibcAtLeast, muslKernelHeaders, probeToolchain, probeToolchainMemo, type Toolchain, type ToolchainSpec } from '../busybox/toolchain.js';
 import type { StageContext } from '../core/context.js';
 import { verifiedTree } from './extract.js';
 
@@ -81,7 +81,8 @@ const str = (value: string) => ({ kind: 'string' as const, value });
 
 export async function kconfigStage(input: KconfigInput, ctx: StageContext): Promise<KconfigOutput> {
   const muslHeaders = input.toolchain.libc === 'musl' && !input.toolchain.crossCompile ? safePath(await muslKernelHeaders(ctx.cache.root), 'the musl kernel header directory') : undefined;
-  const toolchain = await probeToolchain(ctx, input.toolchain, muslHeaders ? ['-idirafter', muslHeaders] : []);
+  const extra = muslHeaders ? ['-idirafter', muslHeaders] : [];
+  const toolchain = input.noCache ? await probeToolchain(ctx, input.toolchain, extra) : await probeToolchainMemo(ctx, ctx.cache.root, input.toolchain, extra);
 
   // Adjustments from probes, merged over the user's fragment/config.
   const adjustments: Adjustment[] = [];

@@ -2,9 +2,12 @@
 // normalised, `*.hbs` templates rendered with handlebars (strict: a missing value is an error).
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import Handlebars from 'handlebars';
+import { createRequire } from 'node:module';
 import { errorMessage, InputError } from '../core/errors.js';
 import { compare, kindOf } from './rootfs-tree.js';
+
+// handlebars is loaded when a skel is read (not in a no-op build, whose image is up to date).
+const handlebars = () => createRequire(import.meta.url)('handlebars') as typeof import('handlebars');
 
 /** Template files of the skel: rendered with handlebars, written without this suffix. */
 export const TEMPLATE_SUFFIX = '.hbs';
@@ -29,7 +32,7 @@ export function skelMode(mode: number): number {
 export async function scanSkel(skel: string, data: { guest: Record<string, unknown> }): Promise<SkelEntry[]> {
   const out: SkelEntry[] = [];
   const targets = new Map<string, string>(); // staged path -> skel path that produces it
-  const hb = Handlebars.create();
+  const hb = handlebars().create();
   const claim = (rel: string, from: string) => {
     const other = targets.get(rel);
     if (other !== undefined) throw new InputError(`skel ${join(skel, from)}: ${rel} is also produced by ${join(skel, other)}`);

@@ -12,7 +12,7 @@
 // Migration consistency: kernel, ramdisk, disk target and bridge must be the same for every host.
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import Handlebars from 'handlebars';
+import { createRequire } from 'node:module';
 import { tempPathFor } from '../core/atomic.js';
 import { sha256 } from '../core/hash.js';
 import { DomuError, InputError } from '../core/errors.js';
@@ -25,6 +25,10 @@ import type { StageContext } from '../core/context.js';
 import { DOMU_VERSION } from '../core/version.js';
 
 export const TEMPLATE_DIR = projectPath('xen-configs');
+
+// handlebars is loaded on the first template compiled: a render kept in the cache needs none
+// (xenconfigs-kept.ts).
+const handlebars = () => createRequire(import.meta.url)('handlebars') as typeof import('handlebars');
 
 export interface BootFiles {
   /** The kernel's file name in the store's boot/ (when shipped), e.g. vmlinuz-6.1.0-56-amd64. */
@@ -65,7 +69,7 @@ function template(dir: string, name: string): HandlebarsTemplateDelegate {
     } catch {
       throw new DomuError(`template ${path} cannot be read`, { hint: 'reinstall domu-builder: xen-configs/ is part of it' });
     }
-    const hb = Handlebars.create();
+    const hb = handlebars().create();
     hb.registerHelper('q', (value: unknown, key: unknown) => {
       if (typeof value !== 'string' && typeof value !== 'number') throw new DomuError(`${name}: no value for ${String(key)}`);
       return quoted(String(value), String(key));

@@ -8,7 +8,7 @@ import { InputError } from '../../core/errors.js';
 import { checkImageFits } from '../../core/filesize.js';
 import { sha256File } from '../../core/hash.js';
 import { readBuildRecord } from '../../model/buildrecord.js';
-import { currentImage, imageKey } from '../uptodate.js';
+import { currentImage, hashOf, imageKey, type HashFn } from '../uptodate.js';
 import { imageStage, type StagedFiles } from '../../stages/image.js';
 import { rootfsStage } from '../../stages/rootfs.js';
 import { treeNewestMtime } from '../../stages/extract.js';
@@ -52,6 +52,7 @@ export function rootfsTask(desc: Description, flags: PlanFlags, state: PlanState
         size: desc.image.size,
         populate: desc.image.populate,
         sourceDateEpoch,
+        hash: hashOf(ctx.cache, flags.noCache),
       });
       state.previous ??= await readBuildRecord(out);
       if (!flags.noCache && (await currentImage(state.previous, out, state.imageKey))) {
@@ -89,7 +90,7 @@ export function imageTask(desc: Description, flags: PlanFlags, state: PlanState)
       // The kernel and ramdisk go into --out together with the image: counted in its free-space
       // check, copied beside it before it is renamed into place, renamed right after it.
       const boot = desc.kernel.ship ? bootFiles(desc, flags, state) : undefined;
-      const files = await prepareFiles(boot?.files ?? []);
+      const files = await prepareFiles(boot?.files ?? [], hashOf(ctx.cache, flags.noCache));
       const img = await imageStage(
         {
           staging: r.staging,
@@ -136,13 +137,13 @@ export interface PreparedFiles {
 }
 
 /** Which files differ from what is at their destination, and the space they need. */
-export async function prepareFiles(list: readonly Placement[]): Promise<PreparedFiles> {
+export async function prepareFiles(list: readonly Placement[], hash: HashFn = sha256File): Promise<PreparedFiles> {
   const files: PreparedFiles['files'] = [];
   let bytes = 0;
   for (const p of list) {
     if (resolve(p.src) === resolve(p.dest)) continue;
     const [a, b] = await Promise.all([stat(p.src), stat(p.dest).catch(() => undefined)]);
-    const same = b !== undefined && a.size === b.size && (await sha256File(p.src)) === (await sha256File(p.dest));
+    const same = b !== undefined && a.size === b.size && (await hash(p.src)) === (await hash(p.dest));
     if (!same) bytes += a.blocks * 512;
     files.push({ ...p, same });
   }
@@ -222,7 +223,7 @@ function bootFiles(desc: Description, flags: PlanFlags, state: PlanState): { boo
 export async function placeBoot(desc: Description, flags: PlanFlags, state: PlanState, ctx: StageContext): Promise<PlanState['boot']> {
   const b = bootFiles(desc, flags, state);
   if (!b) return undefined;
-  const staged = await stageFiles(ctx, await prepareFiles(b.files));
+  const staged = await stageFiles(ctx, await prepareFiles(b.files, hashOf(ctx.cache, flags.noCache)));
   try {
     await staged.commit();
   } catch (e) {

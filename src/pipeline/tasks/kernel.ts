@@ -8,7 +8,7 @@ import { fetchKernelHeaders } from '../../kernel/kbuild.js';
 import type { ModuleCompression } from '../../kernel/modinfo.js';
 import { INIT_SCRIPT, initramfsStage } from '../../stages/initramfs.js';
 import { readBuildRecord } from '../../model/buildrecord.js';
-import { fileIdentity, ramdiskKey, sameIdentity } from '../uptodate.js';
+import { fileIdentity, hashOf, ramdiskKey, sameIdentity } from '../uptodate.js';
 import { bootNames, epochOf } from './image.js';
 import { kernelStage, localBuildDir, type KernelOutput } from '../../stages/kernel.js';
 import { modulesStage, resolveModules } from '../../stages/modules.js';
@@ -117,7 +117,7 @@ export function initramfsTask(desc: Description, flags: PlanFlags, state: PlanSt
       };
       // Up to date: the ramdisk in --out/boot was generated from the same inputs and not touched since.
       const out = resolve(flags.outDir ?? 'out');
-      state.ramdiskKey = await ramdiskKey({ ...input, initScript: INIT_SCRIPT });
+      state.ramdiskKey = await ramdiskKey({ ...input, initScript: INIT_SCRIPT, hash: hashOf(ctx.cache, flags.noCache) });
       state.previous ??= await readBuildRecord(out);
       const prev = state.previous;
       const placed = join(out, 'boot', bootNames(desc, k.release).ramdisk!);

@@ -2,8 +2,9 @@
 // succeeded. It also says whether the build changed anything at all ("up to date").
 import { stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
-import { sha256File } from '../../core/hash.js';
 import { programVersion } from '../../core/prereqs.js';
+import { which } from '../../core/exec.js';
+import { memoizedProbe } from '../../core/probememo.js';
 import { DOMU_VERSION } from '../../core/version.js';
 import { BUILD_RECORD_VERSION, buildHashOf, writeBuildRecord, type ArtifactRecord, type BuildRecord } from '../../model/buildrecord.js';
 import type { PipelineStage } from '../run.js';
@@ -11,11 +12,20 @@ import { xenType, type Description } from '../../model/schema.js';
 import { guestNetwork } from '../../model/network.js';
 import { guestCmdline } from '../../xen/xencfg.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
-import { fileIdentity } from '../uptodate.js';
+import { fileIdentity, hashOf, type HashFn } from '../uptodate.js';
 
-async function artifact(out: string, path: string): Promise<ArtifactRecord> {
+async function artifact(out: string, path: string, hash: HashFn): Promise<ArtifactRecord> {
   const st = await stat(path);
-  return { path: relative(out, path), sha256: await sha256File(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
+  return { path: relative(out, path), sha256: await hash(path), apparentBytes: st.size, allocatedBytes: st.blocks * 512 };
+}
+
+/** mke2fs's version, kept in the cache while the mke2fs binary is unchanged (core/probememo.ts). */
+async function mke2fsVersion(cacheRoot: string, noCache: boolean): Promise<string | null> {
+  if (noCache) return programVersion('mke2fs');
+  // The binary PATH finds now is part of the key: an mke2fs put earlier on PATH is another program.
+  const bin = await which('mke2fs');
+  if (!bin) return programVersion('mke2fs');
+  return memoizedProbe(cacheRoot, 'mke2fs-version', { path: process.env.PATH ?? null, bin }, async () => ({ value: await programVersion('mke2fs'), files: [bin] }));
 }
 
 export function recordTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
@@ -28,6 +38,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
       const img = state.image!;
       const imagePath = join(out, desc.image.file);
       const ramdiskPath = state.boot?.ramdisk;
+      const hash: HashFn = hashOf(ctx.cache, flags.noCache);
       const body: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'> = {
         version: BUILD_RECORD_VERSION,
         domu: DOMU_VERSION,
@@ -57,12 +68,12 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
           domu: DOMU_VERSION,
           node: process.version,
           cc: state.kconfig!.toolchain.ccVersion,
-          mke2fs: (await programVersion('mke2fs')) ?? 'unknown',
+          mke2fs: (await mke2fsVersion(ctx.cache.root, flags.noCache ?? false)) ?? 'unknown',
         },
         image: { path: relative(out, imagePath), sha256: img.sha256, apparentBytes: img.apparentBytes, allocatedBytes: img.allocatedBytes, uuid: img.uuid, populate: img.populate, reproducible: img.reproducible, inodesUsed: img.inodesUsed, files: img.files },
         boot: {
-          kernel: state.boot?.kernel ? await artifact(out, state.boot.kernel) : null,
-          ramdisk: ramdiskPath ? await artifact(out, ramdiskPath) : null,
+          kernel: state.boot?.kernel ? await artifact(out, state.boot.kernel, hash) : null,
+          ramdisk: ramdiskPath ? await artifact(out, ramdiskPath, hash) : null,
         },
         initramfs: state.initramfs && ramdiskPath ? { ...state.initramfs, path: relative(out, ramdiskPath) } : null,
         configs: state.configs?.files ?? [],

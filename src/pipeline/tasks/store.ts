@@ -2,7 +2,8 @@
 import { count } from '../../core/plural.js';
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { renderConfigs, writeConfigs } from '../../stages/xenconfigs.js';
+import { writeConfigs } from '../../stages/xenconfigs.js';
+import { renderConfigsKept } from '../../stages/xenconfigs-kept.js';
 import { checkImageFits } from '../../core/filesize.js';
 import { publish } from '../../store/publish.js';
 import { checkStore } from '../../store/store-check.js';
@@ -17,14 +18,19 @@ import { bootNames } from './image.js';
  * real and written into --out when the stage runs (after the image, in a build).
  */
 export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanState): PipelineStage {
-  renderConfigs(desc, bootNames(desc, '0.0.0-plan'), { allowInconsistent: flags.allowInconsistent ?? false });
+  const opts = { allowInconsistent: flags.allowInconsistent ?? false };
+  const planBoot = bootNames(desc, '0.0.0-plan');
+  // A render kept in the cache (stages/xenconfigs-kept.ts) proves these inputs render; --no-cache renders.
+  renderConfigsKept(flags.noCache ? undefined : flags.cacheDir, desc, planBoot, opts, false);
   const out = resolve(flags.outDir ?? 'out');
   return {
     name: 'xen configs',
     title: `Render the Xen configs for ${desc.hosts.length} host${desc.hosts.length === 1 ? '' : 's'}`,
     run: async (ctx) => {
       const boot = state.kernel ? bootNames(desc, state.kernel.release) : {};
-      const result = renderConfigs(desc, boot, { allowInconsistent: flags.allowInconsistent ?? false });
+      const memo = flags.noCache ? undefined : ctx.cache.root;
+      const result = renderConfigsKept(memo, desc, boot, opts, true);
+      renderConfigsKept(memo, desc, planBoot, opts, true); // for the plan-time check of the next run
       const c = await writeConfigs(result, out, ctx);
       state.configs = c;
       return { cacheHit: false, note: `${count(c.files.length, 'file')} (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
