@@ -21,7 +21,7 @@ import { liveMigrationProblem } from '../../xen/hypervisor.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
-import { artifactPath } from './verify.js';
+import { artifactPath } from './out-record.js';
 
 interface XenRun {
   parts?: XenHostParts;

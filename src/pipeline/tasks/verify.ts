@@ -1,12 +1,12 @@
-// `domu verify`: boot the build in --out under QEMU and check the guest (issue 7).
-// What to boot comes from --out/build.json (image, kernel and ramdisk, applet count, modules, and
-// the description the build ran with); a missing or unreadable record is bad input (exit 2),
-// checked before anything runs.
-import { readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { errorMessage, InputError } from '../../core/errors.js';
+// `domu verify`: on real Xen (verify-xen.ts), or with --quick boot the build in --out under plain
+// QEMU and check the guest (issue 7). What to boot comes from --out/build.json (image, kernel and
+// ramdisk, applet count, modules, and the description the build ran with); a missing or
+// unreadable record is bad input (exit 2), checked before anything runs (out-record.ts).
+import { resolve } from 'node:path';
+import { InputError } from '../../core/errors.js';
 import { verifyNote, verifyStage } from '../../stages/verify.js';
-import { BUILD_RECORD, BUILD_RECORD_VERSION, type BuildRecord } from '../../model/buildrecord.js';
+import { BUILD_RECORD } from '../../model/buildrecord.js';
+import { artifactPath, buildRecordFor } from './out-record.js';
 import type { Plan, PlanFlags } from '../plan-types.js';
 import { fileIdentity, sameIdentity } from '../uptodate.js';
 import type { Description } from '../../model/schema.js';
@@ -20,39 +20,6 @@ export interface VerifyFlags {
 }
 
 export const DEFAULT_VERIFY_TIMEOUT_S = 120;
-
-/** The build record of `out`, or an InputError that says what to do. */
-export function buildRecordFor(out: string): BuildRecord {
-  const file = join(out, BUILD_RECORD);
-  const again = `run \`domu build --out ${out}\` first`;
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    throw new InputError(`${file} not found: ${out} holds no complete build`, again);
-  }
-  let r: BuildRecord;
-  try {
-    r = JSON.parse(text) as BuildRecord;
-  } catch (e) {
-    throw new InputError(`${file} is not valid JSON (${errorMessage(e)})`, again);
-  }
-  if (r.version !== BUILD_RECORD_VERSION) throw new InputError(`${file} is a version ${String(r.version)} build record; this domu reads version ${BUILD_RECORD_VERSION}`, again);
-  return r;
-}
-
-/** An artifact named by the record, which must still be a file in `out`. */
-export function artifactPath(out: string, rel: string, what: string): string {
-  const p = resolve(out, rel);
-  let ok = false;
-  try {
-    ok = statSync(p).isFile();
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw new InputError(`${what} ${p} (named in ${join(out, BUILD_RECORD)}) is missing`, `run \`domu build --out ${out}\` again`);
-  return p;
-}
 
 export function planVerify(_description: Description, flags: PlanFlags, verify: VerifyFlags): Plan {
   const out = resolve(flags.outDir ?? 'out');
