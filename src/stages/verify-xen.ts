@@ -212,12 +212,12 @@ export class XenVerification {
   }
 
   /**
-   * PVH: `xl migrate` to the same host (`-s ""` runs the receiver locally instead of over ssh); PV:
-   * `xl save` and `xl restore`. Then: the same guest (uptime went on, no second ready marker), its
+   * `live`: `xl migrate` to the same host (`-s ""` runs the receiver locally instead of over ssh);
+   * otherwise (a PV guest on a hypervisor without shadow paging) `xl save` and `xl restore`. Then: the same guest (uptime went on, no second ready marker), its
    * file, pings both ways.
    */
-  async move(): Promise<MoveResult> {
-    const kind = this.expect.type === 'pvh' ? 'migrate' : 'save-restore';
+  async move(live: boolean): Promise<MoveResult> {
+    const kind = live ? 'migrate' : 'save-restore';
     const t0 = performance.now();
     const before = (await this.dom0(['xl domid "$DOMU_GUEST"'])).out.trim();
     const markers = countMarkers(this.guestText(0));

@@ -54,7 +54,7 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
   const storePath = host.store_path ?? d.store.path;
   const run: XenRun = { virtCaps: [] };
   const dir = (ctx: StageContext) => join(ctx.workDir, 'verify-xen');
-  const verification = (_ctx: StageContext) => {
+  const verification = () => {
     if (!run.check) throw new Error('verify-xen: the dom0 phase did not run');
     return run.check;
   };
@@ -115,15 +115,15 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
       name: 'guest',
       title: `xl create ${storePath}/${config}`,
       run: async (ctx) => {
-        const r = await verification(ctx).create(`${storePath}/${config}`);
-        return { cacheHit: false, note: `ready marker ${r.markerSeconds.toFixed(1)} s after xl create`, outputs: { ...r, checks: verification(ctx).checks.slice() } };
+        const r = await verification().create(`${storePath}/${config}`);
+        return { cacheHit: false, note: `ready marker ${r.markerSeconds.toFixed(1)} s after xl create`, outputs: { ...r, checks: verification().checks.slice() } };
       },
     },
     {
       name: 'checks',
       title: 'Check the guest: applets, root, modules, network, disk',
       run: async (ctx) => {
-        const v = verification(ctx);
+        const v = verification();
         const before = v.checks.length;
         const f = await v.checkGuest();
         // dhcp: nothing on the emulated bridge answers DHCP, so there is no address to check.
@@ -134,14 +134,14 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
     },
     {
       name: 'move',
-      title: type === 'pvh' ? 'Live-migrate the guest (xl migrate, same host)' : 'Save and restore the guest (PV cannot live-migrate on this Xen)',
+      title: type === 'pvh' ? 'Live-migrate the guest (xl migrate, same host)' : 'Move the PV guest: live when the hypervisor has shadow paging, else save and restore',
       run: async (ctx) => {
-        const v = verification(ctx);
+        const v = verification();
         const before = v.checks.length;
-        const m = await v.move();
         const problem = liveMigrationProblem(type, run.virtCaps);
-        const why = type === 'pv' && problem ? `; live migration not tried: ${problem}` : '';
-        if (why) ctx.log.warn(`live migration not tried: ${problem}`);
+        if (problem) ctx.log.warn(`live migration not tried: ${problem}; xl save and xl restore instead`);
+        const m = await v.move(!problem);
+        const why = problem ? `; live migration not tried: ${problem}` : '';
         return { cacheHit: false, note: `${m.kind} in ${m.seconds.toFixed(1)} s, pause ${m.pauseSeconds.toFixed(1)} s${why}`, outputs: { ...m, liveMigration: problem ?? 'possible', checks: v.checks.slice(before) } };
       },
     },
@@ -149,7 +149,7 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
       name: 'disk',
       title: "Power the guest off and read its file from the image in dom0",
       run: async (ctx) => {
-        const v = verification(ctx);
+        const v = verification();
         const before = v.checks.length;
         await v.checkDisk();
         await run.host!.stop();
