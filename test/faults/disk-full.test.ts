@@ -222,7 +222,7 @@ beforeAll(async () => {
   const kernel = await getKernelPackage();
   base = await tempDir('domu-disk-full-');
   const hosts = (n: number) =>
-    `hosts:\n${Array.from({ length: n }, (_, i) => `  - { name: test${i + 1}, address: 172.16.31.${i + 1}, bridge: xenbr0${i < 2 ? `, hwaddr: "${['08:00:27:16:d9:aa', '08:00:27:6a:9d:57'][i]}"` : ''} }\n`).join('')}`;
+    `hosts:\n${Array.from({ length: n }, (_, i) => `  - { name: test${i + 1}, address: 172.16.31.${i + 10}, bridge: xenbr0${i < 2 ? `, hwaddr: "${['08:00:27:16:d9:aa', '08:00:27:6a:9d:57'][i]}"` : ''} }\n`).join('')}`;
   const common = `busybox:\n  version: 1.35.0\nkernel:\n  image: ${kernel.image}\n`;
   guest = join(base, 'guest.yaml');
   guest12 = join(base, 'guest12.yaml');
