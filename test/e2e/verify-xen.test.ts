@@ -36,7 +36,7 @@ const verify = (out: string, extra: string[] = XEN_TEST_TIMEOUT) => domuJson(['v
 
 describe.skipIf(missing)('domu verify on real Xen', () => {
   it(
-    'xen.type pv: boots, network up, every check passes; live migration is reported impossible and save/restore is checked instead',
+    'xen.type pv: boots, network up, every check passes; moved as the hypervisor allows (Debian\'s Xen: live migration reported impossible, save and restore checked)',
     async () => {
       const out = await buildXenGuest(dir, 'out-pv', ['xen.type=pv']);
       const before = await identities(out);
@@ -44,6 +44,11 @@ describe.skipIf(missing)('domu verify on real Xen', () => {
       expect(r.exitCode, r.stderr).toBe(0);
       const checks = (['guest', 'checks', 'move', 'disk'] as const).flatMap((n) => (stage(s, n).outputs as { checks: Check[] }).checks);
       expect(checks.filter((c) => !c.ok)).toEqual([]);
+      // What the downloaded hypervisor can do decides the move: Debian's Xen is built without
+      // shadow paging (virt_caps has hap, no shadow), so a PV guest is saved and restored there.
+      const caps = String((stage(s, 'dom0').outputs as { virtCaps: string }).virtCaps).split(/\s+/);
+      expect(caps).toContain('hap');
+      const live = caps.includes('shadow');
       expect(checks.map((c) => c.name)).toEqual([
         'xl create',
         'ready marker',
@@ -56,7 +61,7 @@ describe.skipIf(missing)('domu verify on real Xen', () => {
         'ping dom0 → guest',
         'ping guest → dom0',
         'file written',
-        'save and restore',
+        live ? 'live migration' : 'save and restore',
         'console shell after the move',
         'same guest after the move',
         'file after the move',
@@ -65,13 +70,11 @@ describe.skipIf(missing)('domu verify on real Xen', () => {
         'file on the guest disk',
       ]);
       const move = stage(s, 'move');
-      expect((move.outputs as { kind: string }).kind).toBe('save-restore');
-      expect(r.stderr).toMatch(/live migration not tried: a PV guest cannot live-migrate on this hypervisor: it has no shadow paging/);
-      expect((move.outputs as { liveMigration: string }).liveMigration).toMatch(/no shadow paging/);
-      // Xen says so itself: its capabilities have hap and no shadow.
-      const caps = String((stage(s, 'dom0').outputs as { virtCaps: string }).virtCaps);
-      expect(caps.split(/\s+/)).toContain('hap');
-      expect(caps.split(/\s+/)).not.toContain('shadow');
+      expect((move.outputs as { kind: string }).kind).toBe(live ? 'migrate' : 'save-restore');
+      if (!live) {
+        expect(r.stderr).toMatch(/live migration not tried: a PV guest cannot live-migrate on this hypervisor: it has no shadow paging/);
+        expect((move.outputs as { liveMigration: string }).liveMigration).toMatch(/no shadow paging/);
+      }
       expect(checks.find((c) => c.name === 'modules loaded')!.detail).toMatch(/xen_netfront loaded/);
       expect(await identities(out)).toEqual(before);
       expect(await qemusFor(dirname(s.log))).toEqual([]);
