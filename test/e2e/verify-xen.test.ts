@@ -12,7 +12,8 @@ import { which } from '../../src/core/exec.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
-import { buildXenGuest, identities, qemusFor, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
+import { qemusFor } from '../helpers/qemu-processes.js';
+import { buildXenGuest, identities, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
 
 const missing = (await which('qemu-system-x86_64')) ? undefined : 'qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86; scripts/setup.sh does it)';
 if (missing) console.warn(`verify-xen: SKIPPING: ${missing}`);

@@ -13,7 +13,8 @@ import { which } from '../../src/core/exec.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
-import { buildXenGuest, identities, qemusFor, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
+import { qemusFor } from '../helpers/qemu-processes.js';
+import { buildXenGuest, identities, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
 import { errorLine, journalOf, startPaused } from './harness.js';
 import { reliability } from './reliability.js';
 

@@ -1,9 +1,8 @@
 // Builds for the tests of `domu verify` on real Xen: the default guest (busybox 1.35.0 from the
 // shared tarball, Debian's kernel package from the shared test cache) with the given --set
-// values, and what those tests check around a run (QEMU processes, --out unchanged).
+// values, and what those tests check around a run (--out unchanged).
 import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { getBusyboxTarball, TEST_CACHE_DIR } from './busybox-tarball.js';
 import { domuJson } from './cli.js';
 import { getKernelPackage } from './kernel-package.js';
@@ -19,11 +18,6 @@ export async function buildXenGuest(dir: string, name: string, sets: string[] = 
   return out;
 }
 
-/** QEMU processes whose command line names `path`. */
-export async function qemusFor(path: string): Promise<string[]> {
-  const r = await execa('pgrep', ['-a', '-f', `qemu-system-x86_64 .*${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`], { reject: false });
-  return String(r.stdout).split('\n').filter(Boolean);
-}
 
 /** Every file below `dir` with its inode, mtime, ctime and size: equal before and after → untouched. */
 export async function identities(dir: string): Promise<Record<string, string>> {

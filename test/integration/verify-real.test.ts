@@ -23,6 +23,7 @@ import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js
 import { domu, domuJson, stage, startDomu } from '../helpers/cli.js';
 import { makeTestContext, tempDir } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
+import { qemusFor } from '../helpers/qemu-processes.js';
 
 const missing = (await which('qemu-system-x86_64')) ? undefined : 'qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86; scripts/setup.sh does it)';
 if (missing) console.warn(`verify-real: SKIPPING: ${missing}`);
@@ -49,11 +50,6 @@ async function build(o: string, modules: string[]): Promise<BuildRecord> {
 const verify = (o: string, extra: string[] = []) => domuJson(['verify', '--quick', '--json', '--out', o, '--cache-dir', cache, ...extra]);
 const outputsOf = (s: Awaited<ReturnType<typeof verify>>['s']) => stage(s, 'verify').outputs as unknown as VerifyOutput;
 
-/** QEMU processes whose command line names `path` (each test's paths are unique). */
-async function qemusFor(path: string): Promise<string[]> {
-  const r = await execa('pgrep', ['-a', '-f', `qemu-system-x86_64 .*${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`], { reject: false });
-  return String(r.stdout).split('\n').filter(Boolean);
-}
 
 /**
  * A --out holding only a build.json: the default build's, with its artifacts in ../out except

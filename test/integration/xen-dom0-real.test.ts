@@ -7,7 +7,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, which } from '../../src/core/exec.js';
 import { sha256File } from '../../src/core/hash.js';
@@ -18,6 +17,7 @@ import { fetchXenPackages } from '../../src/xen/xen-packages.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { makeTestContext, type TestContext } from '../helpers/context.js';
 import { getKernelPackage } from '../helpers/kernel-package.js';
+import { qemusFor } from '../helpers/qemu-processes.js';
 
 const missing = (await which('qemu-system-x86_64')) ? undefined : 'qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86; scripts/setup.sh does it)';
 if (missing) console.warn(`xen-dom0-real: SKIPPING: ${missing}`);
@@ -25,11 +25,6 @@ if (missing) console.warn(`xen-dom0-real: SKIPPING: ${missing}`);
 let ctx: TestContext;
 let parts: XenHostParts;
 
-/** QEMU processes whose command line names `path`. */
-async function qemusFor(path: string): Promise<string[]> {
-  const r = await execa('pgrep', ['-a', '-f', `qemu-system-x86_64 .*${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`], { reject: false });
-  return String(r.stdout).split('\n').filter(Boolean);
-}
 
 describe.skipIf(missing)('nested Xen host (real packages, QEMU TCG)', () => {
   beforeAll(async () => {
