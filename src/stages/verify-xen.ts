@@ -17,8 +17,6 @@ import { splitConsole, type XenHost } from '../xen/nested-xen.js';
 import { READY_MARKER, TAIL_LINES } from './verify.js';
 import { GUEST_FILE, GUEST_TAG, parseAfter, parseGuestFacts, parsePings, parseWritten, pauseOf, type GuestFacts, type GuestScript } from './verify-xen-guest.js';
 
-export type XenGuestType = 'pvh' | 'pv';
-
 export interface Check {
   name: string;
   ok: boolean;
@@ -29,7 +27,6 @@ export interface Check {
 }
 
 export interface XenGuestExpect {
-  type: XenGuestType;
   /** busybox --list count of the build (null: not recorded). */
   applets: number | null;
   release: string | null;

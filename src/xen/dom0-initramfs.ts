@@ -237,17 +237,20 @@ export interface Dom0Params {
   scripts?: Record<string, string> | undefined;
 }
 
+const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
+const RELATIVE = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
+
 const PARAM_CHECKS: Record<string, [RegExp, string]> = {
   hostname: [/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/, 'letters, digits, "." and "-", at most 63'],
   bridge: [/^[A-Za-z0-9_.-]{1,15}$/, 'a network interface name: letters, digits, "_", "." and "-", at most 15'],
-  address: [/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'a dotted IPv4 address'],
+  address: [IPV4, 'a dotted IPv4 address'],
   prefix: [/^([0-9]|[12][0-9]|3[0-2])$/, 'a prefix length 0..32'],
   store_device: [/^\/dev\/[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*$/, 'a device path such as /dev/vda'],
   store_path: [/^(\/[A-Za-z0-9_.-]+)+$/, 'an absolute path of letters, digits, "_", "." and "-"'],
   guest_name: [/^[A-Za-z0-9_.-]{1,64}$/, 'a domain name: letters, digits, "_", "." and "-"'],
-  guest_address: [/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'a dotted IPv4 address'],
-  guest_config: [/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'a relative path of letters, digits, "_", "." and "-"'],
-  guest_image: [/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'a relative path of letters, digits, "_", "." and "-"'],
+  guest_address: [IPV4, 'a dotted IPv4 address'],
+  guest_config: [RELATIVE, 'a relative path of letters, digits, "_", "." and "-"'],
+  guest_image: [RELATIVE, 'a relative path of letters, digits, "_", "." and "-"'],
 };
 
 /** The parameter files, each value checked (one line naming the bad one otherwise). */

@@ -19,7 +19,7 @@ import { fetchKernelPackage } from '../../kernel/kernel.js';
 import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
 import { liveMigrationProblem } from '../../xen/hypervisor.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
-import type { Plan, PlanFlags } from '../plan-types.js';
+import type { Plan } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
 import { artifactPath } from './out-record.js';
 
@@ -35,7 +35,7 @@ interface XenRun {
 /** The prefix length of a dotted netmask (schema-checked: ones then zeros). */
 const prefixOf = (mask: string) => mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
 
-export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags, timeoutS: number): Plan {
+export function planVerifyXen(out: string, record: BuildRecord, timeoutS: number): Plan {
   const d = record.description;
   const host = d.hosts[0];
   if (!host) throw new InputError(`the build in ${out} has no hosts in its description`, 'add a host to hosts: and build again');
@@ -101,7 +101,7 @@ export function planVerifyXen(out: string, record: BuildRecord, flags: PlanFlags
           scripts: guestScriptFiles(),
         };
         run.host = await XenHost.start(ctx, { ...run.parts!, params, storeImage: run.store!.image, readyTimeoutS: timeoutS, dir: dir(ctx) });
-        run.check = new XenVerification(run.host, { type, applets: record.busybox.applets, release: record.kernel?.release ?? null, modules: record.modules.map((m) => m.name), address, dom0Address: host.address, rootDevice: d.guest.root.split(/\s+/)[0]! }, timeoutS, ctx);
+        run.check = new XenVerification(run.host, { applets: record.busybox.applets, release: record.kernel?.release ?? null, modules: record.modules.map((m) => m.name), address, dom0Address: host.address, rootDevice: d.guest.root.split(/\s+/)[0]! }, timeoutS, ctx);
         const info = await run.check.xlInfo();
         run.virtCaps = (info.virt_caps ?? '').split(/\s+/).filter(Boolean);
         return {

@@ -24,7 +24,7 @@ export const DEFAULT_VERIFY_TIMEOUT_S = 120;
 export function planVerify(_description: Description, flags: PlanFlags, verify: VerifyFlags): Plan {
   const out = resolve(flags.outDir ?? 'out');
   const record = buildRecordFor(out);
-  if (!verify.quick) return planVerifyXen(out, record, flags, verify.timeoutS ?? DEFAULT_VERIFY_TIMEOUT_S);
+  if (!verify.quick) return planVerifyXen(out, record, verify.timeoutS ?? DEFAULT_VERIFY_TIMEOUT_S);
   const image = artifactPath(out, record.image.path, 'the image');
   if (!record.boot.kernel) {
     throw new InputError(`the build in ${out} shipped no guest kernel (kernel.ship is off): there is nothing to boot the image with`, 'build with the kernel shipped in boot/, then verify');
