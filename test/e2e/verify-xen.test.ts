@@ -3,14 +3,15 @@
 // migration is proved by the fault suite's Xen file (test/faults/interrupt-xen.test.ts), whose
 // last run must pass every check after the interrupted ones, and by test/e2e/full.test.ts on a
 // cold cache. Here: a PV guest (no live migration on this hypervisor: save and restore instead),
-// a guest that cannot mount its root, and a time-out that names its phase. --out is never
-// changed and no QEMU is left behind.
-import { rm } from 'node:fs/promises';
+// a guest that cannot mount its root, a store path dom0 cannot take (exit 2 at once), and a
+// time-out that names its phase. --out is never changed and no QEMU is left behind.
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { which } from '../../src/core/exec.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
-import { domuJson, stage } from '../helpers/cli.js';
+import type { BuildRecord } from '../../src/model/buildrecord.js';
+import { domu, domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { qemusFor } from '../helpers/qemu-processes.js';
 import { buildXenGuest, identities, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
@@ -97,6 +98,21 @@ describe.skipIf(missing)('domu verify on real Xen', () => {
     },
     600_000,
   );
+
+  it('a store path dom0 cannot take as a parameter (a space in it): exit 2 before anything runs', async () => {
+    // The PV build's files, linked, with a build.json whose description has such a store path.
+    const src = join(dir, 'out-pv');
+    const out = join(dir, 'out-space');
+    await mkdir(out);
+    for (const n of await readdir(src)) if (n !== 'build.json') await symlink(join(src, n), join(out, n));
+    const record = JSON.parse(await readFile(join(src, 'build.json'), 'utf8')) as BuildRecord;
+    record.description.store.path = '/my store';
+    await writeFile(join(out, 'build.json'), JSON.stringify(record));
+    const r = await domu(['verify', '--out', out, '--cache-dir', TEST_CACHE_DIR]);
+    expect(r.exitCode, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/^domu verify: error: domu verify on Xen cannot pass this build to its dom0: dom0 parameter store_path "\/my store" is not an absolute path/m);
+    expect(r.stderr).not.toMatch(/^\s+at /m);
+  });
 
   it('--timeout 3: exit 1 naming what it waited for (dom0), no QEMU left', async () => {
     const out = join(dir, 'out-pv');

@@ -11,13 +11,14 @@
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { StageContext } from '../../core/context.js';
-import { InputError } from '../../core/errors.js';
+import { errorMessage, InputError } from '../../core/errors.js';
 import { BUILD_RECORD, type BuildRecord } from '../../model/buildrecord.js';
 import { makeScratchStore, type ScratchStore } from '../../store/scratch-store.js';
 import { XenVerification } from '../../stages/verify-xen.js';
 import { fetchKernelPackage } from '../../kernel/kernel.js';
 import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
 import { liveMigrationProblem } from '../../xen/hypervisor.js';
+import { dom0ParamFiles } from '../../xen/dom0-initramfs.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
 import type { Plan } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
@@ -52,6 +53,22 @@ export function planVerifyXen(out: string, record: BuildRecord, timeoutS: number
   const net = record.guest.network;
   const address = net.mode === 'static' ? `${net.address}/${net.prefix}` : undefined;
   const storePath = host.store_path ?? d.store.path;
+  // dom0 gets these as data files, each checked against a narrow character set (a store path
+  // with a space, say, cannot be a dom0 parameter): refused here, before anything runs.
+  const params = {
+    hostname: host.name,
+    bridge: { name: host.bridge, address: host.address, prefix: prefixOf(d.network.netmask) },
+    store: { device: '/dev/vda', path: storePath },
+    guestName: d.guest.name,
+    guestAddress: address?.split('/')[0],
+    guestConfig: config,
+    guestImage: d.image.file,
+  };
+  try {
+    dom0ParamFiles(params);
+  } catch (e) {
+    throw new InputError(`domu verify on Xen cannot pass this build to its dom0: ${errorMessage(e)}`, 'use `domu verify --quick`, or plainer names and paths in the description');
+  }
   const run: XenRun = { virtCaps: [] };
   const dir = (ctx: StageContext) => join(ctx.workDir, 'verify-xen');
   const verification = () => {
@@ -90,17 +107,7 @@ export function planVerifyXen(out: string, record: BuildRecord, timeoutS: number
       name: 'dom0',
       title: `Boot Xen in QEMU; dom0 as ${host.name} (${host.bridge} ${host.address})`,
       run: async (ctx) => {
-        const params = {
-          hostname: host.name,
-          bridge: { name: host.bridge, address: host.address, prefix: prefixOf(d.network.netmask) },
-          store: { device: '/dev/vda', path: storePath },
-          guestName: d.guest.name,
-          guestAddress: address?.split('/')[0],
-          guestConfig: config,
-          guestImage: d.image.file,
-          scripts: guestScriptFiles(),
-        };
-        run.host = await XenHost.start(ctx, { ...run.parts!, params, storeImage: run.store!.image, readyTimeoutS: timeoutS, dir: dir(ctx) });
+        run.host = await XenHost.start(ctx, { ...run.parts!, params: { ...params, scripts: guestScriptFiles() }, storeImage: run.store!.image, readyTimeoutS: timeoutS, dir: dir(ctx) });
         run.check = new XenVerification(run.host, { applets: record.busybox.applets, release: record.kernel?.release ?? null, modules: record.modules.map((m) => m.name), address, dom0Address: host.address, rootDevice: d.guest.root.split(/\s+/)[0]! }, timeoutS, ctx);
         const info = await run.check.xlInfo();
         run.virtCaps = (info.virt_caps ?? '').split(/\s+/).filter(Boolean);
