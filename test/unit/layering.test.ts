@@ -10,9 +10,10 @@ const SRC = resolve('src');
 
 /** Folder → the other folders it may import (the table in docs/architecture.md). */
 const MAY_IMPORT: Record<string, string[]> = {
-  cli: ['pipeline', 'stages', 'model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
-  pipeline: ['stages', 'model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
-  stages: ['model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
+  cli: ['pipeline', 'stages', 'lab', 'model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
+  pipeline: ['stages', 'lab', 'model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
+  stages: ['lab', 'model', 'store', 'xen', 'kernel', 'fs', 'busybox', 'fetch', 'core'],
+  lab: ['model', 'store', 'xen', 'fs', 'core'],
   model: ['xen', 'core'],
   store: ['fs', 'core'],
   kernel: ['fetch', 'core'],
