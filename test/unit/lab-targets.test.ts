@@ -1,0 +1,112 @@
+// targets.conf made the lab's (src/lab/targets.ts): on the file domu generates today (rendered
+// with the default description) and on a hand-written file with two LUNs (store.disk: lun adds
+// the guest disk as a second backing-store in the same target).
+import { describe, expect, it } from 'vitest';
+import { DomuError } from '../../src/core/errors.js';
+import { LAB_MARK, labTargetsConf } from '../../src/lab/targets.js';
+import { loadDescription } from '../../src/model/description.js';
+import { bootNames } from '../../src/pipeline/plan.js';
+import { renderConfigs } from '../../src/stages/xenconfigs.js';
+
+const generated = (): string => {
+  const desc = loadDescription({});
+  return renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
+};
+
+const TWO_LUNS = [
+  '# two LUNs: the store and the guest disk',
+  '<target iqn.2015-02.com.stu31:t1>',
+  '    backing-store /dev/sda3',
+  '\tbacking-store = /srv/guest/busybox.img',
+  '    initiator-address 172.16.31.0/24',
+  '</target>',
+  '',
+].join('\n');
+
+/** The lines of `after` that are not in `before`, and those of `before` that are gone. */
+function diff(before: string, after: string): { added: string[]; removed: string[] } {
+  const b = before.split('\n');
+  const a = after.split('\n');
+  return { added: a.filter((l) => !b.includes(l)), removed: b.filter((l) => !a.includes(l)) };
+}
+
+describe('labTargetsConf', () => {
+  it('the generated file: backing-store → the scratch file, initiator-address → 127.0.0.1, each marked and said; the rest byte for byte', () => {
+    const text = generated();
+    expect(text).toMatch(/^    backing-store \/dev\/sda3$/m);
+    expect(text).toMatch(/^    initiator-address 172\.16\.31\.0\/24$/m);
+    const lab = labTargetsConf(text, { backingFiles: ['/lab/store.img'] });
+
+    expect(lab.iqn).toBe('iqn.2015-02.com.stu31:t1');
+    expect(lab.luns).toEqual([{ lun: 1, generated: '/dev/sda3', lab: '/lab/store.img' }]);
+    expect(lab.acl).toEqual(['127.0.0.1']);
+    expect(lab.changes).toEqual([
+      "targets.conf: backing-store /dev/sda3 → /lab/store.img: LUN 1's backing store on the storage server does not exist here; the lab uses a scratch file in its directory",
+      "targets.conf: initiator-address 172.16.31.0/24 → 127.0.0.1: the lab's Dom0s reach tgtd from 127.0.0.1 (QEMU's iSCSI client), not from the inventory's network",
+    ]);
+    const { added, removed } = diff(text, lab.text);
+    expect(removed).toEqual(['    backing-store /dev/sda3', '    initiator-address 172.16.31.0/24']);
+    expect(added).toEqual([
+      `    ${LAB_MARK} LUN 1 was "backing-store /dev/sda3": not on this machine, a scratch file instead`,
+      '    backing-store /lab/store.img',
+      `    ${LAB_MARK} was "initiator-address 172.16.31.0/24": the lab's Dom0s connect from 127.0.0.1`,
+      '    initiator-address 127.0.0.1',
+    ]);
+    // Byte for byte: taking the lab's lines out gives the generated file with the two lines out.
+    const unmarked = (s: string, drop: string[]) => s.split('\n').filter((l) => !drop.includes(l)).join('\n');
+    expect(unmarked(lab.text, added)).toBe(unmarked(text, removed));
+    expect(lab.text.split('\n').slice(0, 5)).toEqual(text.split('\n').slice(0, 5)); // the generated header, sha256 line included
+    expect(lab.text.endsWith('</target>\n')).toBe(true);
+  });
+
+  it('two LUNs in one target: each backing-store gets its file in order (LUN 1, 2), whatever its form', () => {
+    const lab = labTargetsConf(TWO_LUNS, { backingFiles: ['/lab/sda3.img', '/lab/guest.img'] });
+    expect(lab.luns).toEqual([
+      { lun: 1, generated: '/dev/sda3', lab: '/lab/sda3.img' },
+      { lun: 2, generated: '/srv/guest/busybox.img', lab: '/lab/guest.img' },
+    ]);
+    expect(lab.changes).toHaveLength(3);
+    expect(lab.changes[1]).toBe("targets.conf: backing-store /srv/guest/busybox.img → /lab/guest.img: LUN 2's backing store on the storage server does not exist here; the lab uses a scratch file in its directory");
+    expect(lab.text).toBe(
+      [
+        '# two LUNs: the store and the guest disk',
+        '<target iqn.2015-02.com.stu31:t1>',
+        `    ${LAB_MARK} LUN 1 was "backing-store /dev/sda3": not on this machine, a scratch file instead`,
+        '    backing-store /lab/sda3.img',
+        `\t${LAB_MARK} LUN 2 was "backing-store /srv/guest/busybox.img": not on this machine, a scratch file instead`,
+        '\tbacking-store /lab/guest.img',
+        `    ${LAB_MARK} was "initiator-address 172.16.31.0/24": the lab's Dom0s connect from 127.0.0.1`,
+        '    initiator-address 127.0.0.1',
+        '</target>',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('CRLF lines keep their CR; an initiator-address already 127.0.0.1 is no change; no initiator-address means ALL', () => {
+    const crlf = labTargetsConf('<target iqn.a:b>\r\n  backing-store /x\r\n  initiator-address 127.0.0.1\r\n</target>\r\n', { backingFiles: ['/lab/x.img'] });
+    expect(crlf.text).toBe(`<target iqn.a:b>\r\n  ${LAB_MARK} LUN 1 was "backing-store /x": not on this machine, a scratch file instead\r\n  backing-store /lab/x.img\r\n  initiator-address 127.0.0.1\r\n</target>\r\n`);
+    expect(crlf.changes).toHaveLength(1);
+    expect(crlf.acl).toEqual(['127.0.0.1']);
+    expect(labTargetsConf('<target iqn.a:b>\n backing-store /x\n</target>\n', { backingFiles: ['/l'] }).acl).toEqual(['ALL']);
+  });
+
+  it('refuses a file without a target, more than one target, and a backing-store count the mapping does not match', () => {
+    const refused = (text: string, files: string[]) => {
+      try {
+        labTargetsConf(text, { backingFiles: files });
+      } catch (e) {
+        expect(e).toBeInstanceOf(DomuError);
+        return (e as DomuError).message;
+      }
+      throw new Error('not refused');
+    };
+    expect(refused('# nothing here\n', [])).toBe('targets.conf has no <target> block: nothing for the lab storage server to serve');
+    expect(refused('<target iqn.a:1>\n</target>\n<target iqn.a:2>\n</target>\n', [])).toMatch(/has 2 targets \(iqn\.a:1, iqn\.a:2\)/);
+    expect(refused(TWO_LUNS, ['/lab/one.img'])).toBe('targets.conf has 2 backing-store lines but the lab was given 1 backing file for them');
+    expect(refused(generated(), [])).toBe('targets.conf has 1 backing-store line but the lab was given 0 backing files for them');
+    expect(refused(generated(), ['/lab/a b.img'])).toMatch(/needs an absolute path without white space/);
+    expect(refused(generated(), ['lab.img'])).toMatch(/needs an absolute path/);
+    expect(refused('<target iqn.a:b>\n  <backing-store /dev/sdb>\n    lun 5\n  </backing-store>\n</target>\n', [])).toMatch(/line 2 .*only plain backing-store lines/);
+  });
+});
