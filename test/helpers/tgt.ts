@@ -5,6 +5,7 @@
 // iscsi-readcapacity16) to look at it.
 // Call stop() or stopAllTgtd() from afterAll/afterEach; the exit hook and the parent-death signal
 // cover a worker that dies before that.
+import { connect } from 'node:net';
 import { CleanupRegistry } from '../../src/core/cleanup.js';
 import { run, type ExecEnv } from '../../src/core/exec.js';
 import { memoryLogger } from '../../src/core/log.js';
@@ -24,6 +25,18 @@ function quietEnv(): ExecEnv {
  */
 export async function startTgtd(opts: { port?: number; controlPort?: number; /** default true; false only to test the exit hook alone */ parentDeathSignal?: boolean } = {}): Promise<Tgtd> {
   return startLabTgtd({ ...quietEnv(), cleanup: new CleanupRegistry() }, opts);
+}
+
+/** Whether a TCP connection to 127.0.0.1:`port` is refused (nobody listens there). */
+export async function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', () => resolve(true));
+  });
 }
 
 export interface IscsiLun {

@@ -6,7 +6,6 @@
 // it does not see the target in discovery and cannot log in), what tgt-admin rejects and what it
 // silently accepts, and that no tgtd outlives its test process.
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -14,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/core/exec.js';
 import { projectPath } from '../../src/core/paths.js';
 import { tempDir } from '../helpers/context.js';
-import { iscsiCapacity, iscsiLs, iscsiLsShownSize, isRunning, parseIscsiLs, startTgtd, stopAllTgtd, type Tgtd } from '../helpers/tgt.js';
+import { iscsiCapacity, iscsiLs, iscsiLsShownSize, isRunning, parseIscsiLs, refused, startTgtd, stopAllTgtd, type Tgtd } from '../helpers/tgt.js';
 
 const IQN = 'iqn.2015-02.com.stu31:t1';
 const IQN2 = 'iqn.2015-02.com.stu31:t2';
@@ -220,17 +219,6 @@ describe('iscsi-ls output parsing', () => {
 });
 
 describe('no tgtd is left behind', () => {
-  async function refused(port: number): Promise<boolean> {
-    return new Promise((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(false);
-      });
-      s.once('error', () => resolve(true));
-    });
-  }
-
   async function gone(pid: number): Promise<boolean> {
     for (let i = 0; i < 200 && isRunning(pid); i++) await sleep(50);
     return !isRunning(pid);
