@@ -22,7 +22,10 @@ export interface StorageServerSpec {
   dir: string;
   /** The generated storage/targets.conf's text. */
   targetsConf: string;
-  /** One for each backing-store line of targetsConf, in file order: LUN 1, 2, … */
+  /**
+   * One for each backing-store line of targetsConf, in the order of the lines; tgt-admin numbers
+   * the LUNs by the sorted paths, so these must sort as the generated paths do (targets.ts).
+   */
   backingFiles: readonly BackingFile[];
   /** For tgtd: port, control port, state directory (default a temp directory). */
   tgtd?: TgtdOptions | undefined;
@@ -61,7 +64,7 @@ export async function startStorageServer(spec: StorageServerSpec, ctx: TgtdEnv):
   let started: Tgtd | undefined;
   try {
     await mkdir(dir, { recursive: true });
-    for (const [i, f] of files.entries()) luns.push({ lun: i + 1, path: f.path, size: await backingFile(f, created, ctx) });
+    for (const l of lab.luns) luns.push({ lun: l.lun, path: l.lab, size: await backingFile(files.find((f) => f.path === l.lab)!, created, ctx) });
     await writeFile(targetsConfPath, lab.text);
     started = await startTgtd(ctx, spec.tgtd);
     const loaded = await started.loadConfig(targetsConfPath);

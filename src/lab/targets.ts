@@ -2,8 +2,13 @@
 // that cannot hold on one machine changed, each change marked in the file and said in words.
 //
 // - `backing-store <path>` names the storage server's device (/dev/sda3), which does not exist
-//   here: every one becomes a scratch file in the lab's directory. tgt-admin numbers a target's
-//   backing stores LUN 1, 2, … in file order, so the mapping is a list in that order.
+//   here: every one becomes a scratch file in the lab's directory (the mapping: a list in the
+//   file's line order).
+//   tgt-admin does NOT number LUNs in file order: it keeps a target's backing stores as Perl hash
+//   keys and numbers them LUN 1, 2, … in their sorted (byte) order, merging equal paths (tgt
+//   1.0.85, process_options: `foreach my $backing_store (sort keys %$value)`). So the lab's files
+//   must sort as the storage server's paths do, or LUN n would be another disk in the lab than
+//   on the storage server; such a mapping is refused, as are two equal paths.
 // - `initiator-address <net>` names the inventory's network (172.16.31.0/24); the lab's Dom0s reach
 //   tgtd through QEMU's iSCSI client, which connects from 127.0.0.1: it becomes 127.0.0.1.
 //
@@ -16,7 +21,7 @@ export const LAB_INITIATOR = '127.0.0.1';
 export const LAB_MARK = '# domu lab:';
 
 export interface LabTargetsMapping {
-  /** The lab's file for each `backing-store` line, in file order (LUN 1, 2, …). */
+  /** The lab's file for each `backing-store` line, in the file's line order (not LUN order: see the head comment). */
   backingFiles: readonly string[];
 }
 
@@ -55,9 +60,11 @@ export function labTargetsConf(text: string, mapping: LabTargetsMapping): LabTar
   const stores = lines.filter((l) => BACKING_STORE.test(stripCr(l))).length;
   if (stores !== mapping.backingFiles.length) {
     throw new DomuError(`targets.conf has ${stores} backing-store line${stores === 1 ? '' : 's'} but the lab was given ${mapping.backingFiles.length} backing file${mapping.backingFiles.length === 1 ? '' : 's'} for them`, {
-      hint: 'give one lab file for each backing-store line, in file order (LUN 1, 2, …)',
+      hint: 'give one lab file for each backing-store line, in the order of the lines',
     });
   }
+  const generatedStores = lines.flatMap((l) => BACKING_STORE.exec(stripCr(l))?.[2] ?? []);
+  const lunOf = lunNumbers(generatedStores, mapping.backingFiles);
   for (const f of mapping.backingFiles) {
     // A name tgt-admin would split or cut at a comment could not be given back as one value.
     if (!f.startsWith('/') || /[\s#"'<>]/.test(f)) throw new DomuError(`lab backing file ${JSON.stringify(f)}: needs an absolute path without white space, quotes, # or <>`, { hint: 'use a lab directory with a plain path' });
@@ -74,8 +81,8 @@ export function labTargetsConf(text: string, mapping: LabTargetsMapping): LabTar
     const store = BACKING_STORE.exec(body);
     if (store) {
       const [, indent, generated] = store as unknown as [string, string, string];
-      const lun = luns.length + 1;
       const lab = mapping.backingFiles[luns.length]!;
+      const lun = lunOf(generated);
       luns.push({ lun, generated, lab });
       out.push(`${indent}${LAB_MARK} LUN ${lun} was "backing-store ${generated}": not on this machine, a scratch file instead${cr}`, `${indent}backing-store ${lab}${cr}`);
       changes.push(`targets.conf: backing-store ${generated} → ${lab}: LUN ${lun}'s backing store on the storage server does not exist here; the lab uses a scratch file in its directory`);
@@ -95,7 +102,32 @@ export function labTargetsConf(text: string, mapping: LabTargetsMapping): LabTar
     }
     out.push(line);
   }
+  luns.sort((a, b) => a.lun - b.lun);
   return { text: out.join('\n'), changes, iqn: iqns[0]!, luns, acl: acl.length ? [...new Set(acl)] : ['ALL'] };
+}
+
+/** Perl's `sort` on byte strings: bytewise, as tgt-admin orders the backing stores. */
+const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/**
+ * The LUN tgt-admin gives each generated backing store (its rank in byte order), after checking
+ * that the lab's files get the same LUNs in the lab's tgtd and that no two paths are equal.
+ */
+function lunNumbers(generated: readonly string[], lab: readonly string[]): (path: string) => number {
+  for (const [what, list] of [['targets.conf', generated], ['the lab', lab]] as const) {
+    const twice = list.find((p, i) => list.indexOf(p) !== i);
+    if (twice !== undefined) throw new DomuError(`${what} names the backing store ${twice} twice: tgt-admin merges equal backing-store paths into one LUN`, { hint: 'give each LUN a file of its own' });
+  }
+  const rank = (list: readonly string[]) => new Map([...list].sort(byteOrder).map((p, i) => [p, i + 1]));
+  const real = rank(generated);
+  const inLab = rank(lab);
+  if (generated.some((g, i) => real.get(g) !== inLab.get(lab[i]!))) {
+    const order = (list: readonly string[]) => [...list].sort(byteOrder).join(', ');
+    throw new DomuError(`the lab's backing files sort as ${order(lab)}, the storage server's as ${order(generated)}: tgt-admin numbers LUNs in the sorted order of the paths, so LUN numbers would differ between the lab and the storage server`, {
+      hint: 'name the lab files so that they sort like the paths they stand for (e.g. lun1-…, lun2-…)',
+    });
+  }
+  return (path) => real.get(path)!;
 }
 
 function stripCr(line: string): string {

@@ -13,6 +13,7 @@ import { DomuError } from '../../src/core/errors.js';
 import { run } from '../../src/core/exec.js';
 import { startStorageServer, type StorageServer } from '../../src/lab/storage-server.js';
 import { LAB_MARK } from '../../src/lab/targets.js';
+import { startTgtd } from '../../src/lab/tgtd.js';
 import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
 import { renderConfigs } from '../../src/stages/xenconfigs.js';
@@ -137,34 +138,61 @@ describe('the lab storage server on the generated targets.conf', () => {
 });
 
 describe('the lab storage server refuses and cleans up', () => {
-  it('an interrupted run (the cleanup registry undone, as on SIGINT) kills tgtd and removes its state directory', async () => {
-    const s = await startStorageServer({ dir: join(ctx.root, 'interrupted'), targetsConf: generated, backingFiles: [{ path: 'store.img', size: SIZE }] }, ctx);
+  it('two LUNs (store.disk: lun adds the guest disk to the target): LUN 1 and 2 with their files and sizes', async () => {
+    const two = generated.replace(/^( *backing-store \/dev\/sda3)$/m, '$1\n    backing-store /scsistore/busybox.img');
+    const guest = join(ctx.root, 'two', 'lun2-guest.img');
+    await execa('mkdir', ['-p', join(ctx.root, 'two')]);
+    await writeFile(guest, Buffer.alloc(2 * MiB, 0x11)); // given: used as it is
+    // tgt-admin numbers LUNs by sorted path: files that sort the other way round are refused.
+    await expect(startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: two, backingFiles: [{ path: 'store.img', size: SIZE }, { path: 'guest.img', size: SIZE }] }, ctx)).rejects.toThrow(/LUN numbers would differ/);
+    const s = await startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: two, backingFiles: [{ path: 'lun1-store.img', size: SIZE }, { path: guest }] }, ctx);
+    try {
+      expect(s.luns).toEqual([
+        { lun: 1, path: join(ctx.root, 'two', 'lun1-store.img'), size: SIZE },
+        { lun: 2, path: guest, size: 2 * MiB },
+      ]);
+      expect(s.lunUrl(2)).toBe(`iscsi://${s.portal}/${IQN}/2`);
+      expect(s.changes.map((c) => c.split(':')[1]!.trim())).toEqual([`backing-store /dev/sda3 → ${s.luns[0]!.path}`, `backing-store /scsistore/busybox.img → ${guest}`, 'initiator-address 172.16.31.0/24 → 127.0.0.1']);
+      expect(await iscsiCapacity(s.portal, IQN, 2)).toEqual({ blockSize: 512, bytes: 2 * MiB });
+      expect((await iscsiLs(s.portal)).targets[0]!.luns.map((l) => l.lun)).toEqual([0, 1, 2]);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('an interrupted run (the cleanup registry undone, as on SIGINT) kills tgtd and removes its state directory (one given here)', async () => {
+    const stateDir = join(ctx.root, 'tgtd-state');
+    const s = await startStorageServer({ dir: join(ctx.root, 'interrupted'), targetsConf: generated, backingFiles: [{ path: 'store.img', size: SIZE }], tgtd: { stateDir } }, ctx);
+    expect(s.tgtd.stateDir).toBe(stateDir);
+    expect((await stat(join(stateDir, `socket.${s.tgtd.controlPort}`))).isSocket()).toBe(true);
     expect(ctx.cleanup.labels).toEqual([`kill tgtd (pid ${s.tgtd.pid}), remove ${s.tgtd.stateDir}`]);
     expect(await ctx.cleanup.runAll(ctx.log)).toEqual([]);
     expect(isRunning(s.tgtd.pid)).toBe(false);
     await expect(stat(s.tgtd.stateDir)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
-  it('a LUN tgt-admin drops or skips with exit 0 is caught by the check; no tgtd stays, the files it made are removed', async () => {
+  it('a LUN tgt-admin skips with exit 0 is caught by the check; no tgtd stays, the files it made are removed', async () => {
     const dir = join(ctx.root, 'skipped');
     const before = ourTgtds();
-    // The same file for both LUNs: tgt-admin's config reader merges the equal values, silently.
+    // The same file for both LUNs: tgt-admin would merge them silently; refused before anything is made.
     const two = generated.replace(/^( *backing-store \/dev\/sda3)$/m, '$1\n    backing-store /dev/sda4');
     const twice = startStorageServer({ dir, targetsConf: two, backingFiles: [{ path: 'same.img', size: SIZE }, { path: 'same.img' }] }, ctx);
     await expect(twice).rejects.toBeInstanceOf(DomuError);
-    await expect(twice).rejects.toThrow(/^lab storage server: iqn\.2015-02\.com\.stu31:t1 has LUN 1, expected LUN 1, 2$/);
+    await expect(twice).rejects.toThrow(/^the lab names the backing store .*\/same\.img twice: tgt-admin merges equal backing-store paths into one LUN$/);
     await expect(stat(join(dir, 'same.img'))).rejects.toMatchObject({ code: 'ENOENT' });
 
-    // A backing file some process holds open: tgt-admin (lsof) skips it as in use, and says so.
-    const held = join(dir, 'held.img');
+    // A backing file some process holds open: tgt-admin (lsof) skips it as in use, says so, exits 0.
+    await execa('mkdir', ['-p', dir]);
+    const held = join(dir, 'lun2-held.img');
     await writeFile(held, Buffer.alloc(MiB));
     const fh = await open(held, 'r');
     try {
-      const skipped = startStorageServer({ dir, targetsConf: generated, backingFiles: [{ path: held }] }, ctx);
-      await expect(skipped).rejects.toThrow(/has LUN none, expected LUN 1; tgt-admin said: Device .*held\.img is used .*Skipping device .*held\.img - it is in use/);
+      const skipped = startStorageServer({ dir, targetsConf: two, backingFiles: [{ path: 'lun1-new.img', size: SIZE }, { path: held }] }, ctx);
+      await expect(skipped).rejects.toThrow(/ has LUN 1, expected LUN 1, 2; tgt-admin said: Device .*lun2-held\.img is used .*Skipping device .*lun2-held\.img - it is in use/);
     } finally {
       await fh.close();
     }
+    await expect(stat(join(dir, 'lun1-new.img'))).rejects.toMatchObject({ code: 'ENOENT' }); // made by it, so removed
     expect((await stat(held)).size).toBe(MiB); // given, so not removed
     expect(ourTgtds()).toEqual(before);
     expect(ctx.cleanup.size).toBe(0);
@@ -180,5 +208,13 @@ describe('the lab storage server refuses and cleans up', () => {
     expect(ourTgtds()).toEqual(before);
     expect((await stat(join(dir, 'given.img'))).size).toBe(4096); // the caller's file is left alone
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a state directory too long for tgtd\'s socket path is refused before tgtd starts', async () => {
+    const stateDir = join(ctx.root, 'x'.repeat(120 - ctx.root.length));
+    const before = ourTgtds();
+    await expect(startTgtd(ctx, { stateDir })).rejects.toThrow(/too long for a socket path \(at most 107 bytes/);
+    expect(ourTgtds()).toEqual(before);
+    await expect(stat(stateDir)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });

@@ -60,27 +60,47 @@ describe('labTargetsConf', () => {
   });
 
   it('two LUNs in one target: each backing-store gets its file in order (LUN 1, 2), whatever its form', () => {
-    const lab = labTargetsConf(TWO_LUNS, { backingFiles: ['/lab/sda3.img', '/lab/guest.img'] });
+    const lab = labTargetsConf(TWO_LUNS, { backingFiles: ['/lab/lun1.img', '/lab/lun2.img'] });
     expect(lab.luns).toEqual([
-      { lun: 1, generated: '/dev/sda3', lab: '/lab/sda3.img' },
-      { lun: 2, generated: '/srv/guest/busybox.img', lab: '/lab/guest.img' },
+      { lun: 1, generated: '/dev/sda3', lab: '/lab/lun1.img' },
+      { lun: 2, generated: '/srv/guest/busybox.img', lab: '/lab/lun2.img' },
     ]);
     expect(lab.changes).toHaveLength(3);
-    expect(lab.changes[1]).toBe("targets.conf: backing-store /srv/guest/busybox.img → /lab/guest.img: LUN 2's backing store on the storage server does not exist here; the lab uses a scratch file in its directory");
+    expect(lab.changes[1]).toBe("targets.conf: backing-store /srv/guest/busybox.img → /lab/lun2.img: LUN 2's backing store on the storage server does not exist here; the lab uses a scratch file in its directory");
     expect(lab.text).toBe(
       [
         '# two LUNs: the store and the guest disk',
         '<target iqn.2015-02.com.stu31:t1>',
         `    ${LAB_MARK} LUN 1 was "backing-store /dev/sda3": not on this machine, a scratch file instead`,
-        '    backing-store /lab/sda3.img',
+        '    backing-store /lab/lun1.img',
         `\t${LAB_MARK} LUN 2 was "backing-store /srv/guest/busybox.img": not on this machine, a scratch file instead`,
-        '\tbacking-store /lab/guest.img',
+        '\tbacking-store /lab/lun2.img',
         `    ${LAB_MARK} was "initiator-address 172.16.31.0/24": the lab's Dom0s connect from 127.0.0.1`,
         '    initiator-address 127.0.0.1',
         '</target>',
         '',
       ].join('\n'),
     );
+  });
+
+  it('LUN numbers are tgt-admin\'s: by the sorted paths, not by line order; the lab files must sort the same way', () => {
+    const text = '<target iqn.a:b>\n  backing-store /srv/guest.img\n  backing-store /dev/sda3\n</target>\n';
+    const lab = labTargetsConf(text, { backingFiles: ['/lab/lun2-guest.img', '/lab/lun1-store.img'] });
+    expect(lab.luns).toEqual([
+      { lun: 1, generated: '/dev/sda3', lab: '/lab/lun1-store.img' },
+      { lun: 2, generated: '/srv/guest.img', lab: '/lab/lun2-guest.img' },
+    ]);
+    expect(lab.text).toContain(`  ${LAB_MARK} LUN 2 was "backing-store /srv/guest.img"`);
+    expect(() => labTargetsConf(text, { backingFiles: ['/lab/guest.img', '/lab/store.img'] })).toThrow(
+      "the lab's backing files sort as /lab/guest.img, /lab/store.img, the storage server's as /dev/sda3, /srv/guest.img: tgt-admin numbers LUNs in the sorted order of the paths, so LUN numbers would differ between the lab and the storage server",
+    );
+    // Byte order, as Perl's sort: upper case before lower case, '-' before '.'.
+    expect(labTargetsConf(text, { backingFiles: ['/lab/b', '/lab/B'] }).luns.map((l) => l.lab)).toEqual(['/lab/B', '/lab/b']);
+  });
+
+  it('refuses two equal backing-store paths: tgt-admin would merge them into one LUN', () => {
+    expect(() => labTargetsConf(TWO_LUNS.replace('/srv/guest/busybox.img', '/dev/sda3'), { backingFiles: ['/lab/1', '/lab/2'] })).toThrow(/^targets\.conf names the backing store \/dev\/sda3 twice: tgt-admin merges/);
+    expect(() => labTargetsConf(TWO_LUNS, { backingFiles: ['/lab/1', '/lab/1'] })).toThrow(/^the lab names the backing store \/lab\/1 twice/);
   });
 
   it('CRLF lines keep their CR; an initiator-address already 127.0.0.1 is no change; no initiator-address means ALL', () => {
