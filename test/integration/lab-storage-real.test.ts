@@ -9,7 +9,7 @@ import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DomuError } from '../../src/core/errors.js';
+import { AbortedError, DomuError } from '../../src/core/errors.js';
 import { run } from '../../src/core/exec.js';
 import { startStorageServer, type StorageServer } from '../../src/lab/storage-server.js';
 import { LAB_MARK } from '../../src/lab/targets.js';
@@ -169,6 +169,20 @@ describe('the lab storage server refuses and cleans up', () => {
     expect(await ctx.cleanup.runAll(ctx.log)).toEqual([]);
     expect(isRunning(s.tgtd.pid)).toBe(false);
     await expect(stat(s.tgtd.stateDir)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('an aborted run (Run.abort on SIGINT aborts the signal, then undoes the registry): tgtd is SIGKILLed at once', async () => {
+    const run = await makeTestContext();
+    try {
+      const t = await startTgtd(run);
+      run.controller.abort(new AbortedError('SIGINT'));
+      for (let i = 0; i < 100 && isRunning(t.pid); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(isRunning(t.pid)).toBe(false); // execa's cancel, with SIGKILL: tgtd ignores SIGTERM
+      expect(await run.cleanup.runAll(run.log)).toEqual([]);
+      await expect(stat(t.stateDir)).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await run.dispose();
+    }
   });
 
   it('a LUN tgt-admin skips with exit 0 is caught by the check; no tgtd stays, the files it made are removed', async () => {
