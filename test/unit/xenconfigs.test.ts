@@ -164,4 +164,11 @@ describe('store.disk lun', () => {
     expect(fileDiskWarning(lun())).toBeUndefined();
     expect(fileDiskWarning(loadDescription({ text: 'hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0 }\n' }))).toBeUndefined();
   });
+
+  it('MIGRATION.md of store.disk file states the corruption risk with two hosts, not with one', () => {
+    const migration = (d: ReturnType<typeof loadDescription>) => renderConfigs(d, bootNames(d, RELEASE)).files.find((f) => f.path === 'xen/busybox.MIGRATION.md')!.content;
+    expect(migration(loadDescription({}))).toMatch(/not safe to migrate between these hosts\.\*\*[^]*silent corruption\. Use\n`store\.disk: lun`/);
+    expect(migration(loadDescription({ text: 'hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0 }\n' }))).not.toContain('silent corruption');
+    expect(migration(lun())).not.toContain('silent corruption');
+  });
 });
