@@ -40,6 +40,7 @@ export interface CommonOpts {
   force?: boolean;
   lockTimeout?: string;
   store?: string;
+  lunDevice?: string;
   timeout?: string;
   quick?: boolean;
   dist?: string;
@@ -114,13 +115,13 @@ function plainCacheDir(o: CommonOpts): string | undefined {
 }
 
 function publishFrom(o: CommonOpts): PlanFlags['publish'] {
-  const needs = (['store', 'allowUnmounted', 'force', 'lockTimeout'] as const).filter((k) => o[k] !== undefined);
+  const needs = (['store', 'lunDevice', 'allowUnmounted', 'force', 'lockTimeout'] as const).filter((k) => o[k] !== undefined);
   if (!o.publish) {
     if (needs.length) throw new InputError(`--${needs[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} only applies with --publish`);
     return undefined;
   }
   if (o.lockTimeout !== undefined && !/^\d+(\.\d+)?$/.test(o.lockTimeout)) throw new InputError(`--lock-timeout ${o.lockTimeout}: expected a number of seconds`);
-  return { allowUnmounted: o.allowUnmounted ?? false, force: o.force ?? false, lockTimeoutMs: Math.round(Number(o.lockTimeout ?? 600) * 1000), store: o.store === undefined ? undefined : resolve(o.store) };
+  return { allowUnmounted: o.allowUnmounted ?? false, force: o.force ?? false, lockTimeoutMs: Math.round(Number(o.lockTimeout ?? 600) * 1000), store: o.store === undefined ? undefined : resolve(o.store), lunDevice: o.lunDevice === undefined ? undefined : resolve(o.lunDevice) };
 }
 
 function epochFrom(o: CommonOpts): number | undefined {

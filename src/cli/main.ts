@@ -72,6 +72,7 @@ export function program(): Command {
     .exitOverride();
   withPublish(withCommon(p.command('build').description('run the whole pipeline into --out (npm run build:image)')))
     .option('--until <stage>', `stop after this stage (${BUILD_STAGES.join(', ')})`)
+    .option('--lun-device <path>', "with store.disk lun: write the image onto this device instead of the LUN's /dev/disk/by-path name")
     .action(pipelineCommand('build', async () => (await plans()).planBuild));
   withCommon(p.command('fetch').description('source stage only: obtain and verify the busybox tarball; print its path and sha256')).action(pipelineCommand('fetch', async () => (await plans()).planFetch));
   p.command('doctor')

@@ -67,7 +67,8 @@ export function formatBuildTty(sum: Summary, width = TTY_COLUMNS): string {
   for (const t of sum.substitutions ?? []) if (!(warned && b?.substitution && t.startsWith('busybox '))) lines.push(...labelled('note', t, width));
   if (sum.published) {
     const p = sum.published;
-    const text = `${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`;
+    const onto = p.lun ? `; image onto the LUN ${p.lun.device}: ${p.lun.bytesWritten} bytes written, ${p.lun.bytesChecked} checked` : '';
+    const text = `${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}${onto}`;
     lines.push(...labelled('published', text, width));
   }
   for (const w of sum.warnings) lines.push(...labelled('warning', `${w.stage ? `${w.stage}: ` : ''}${w.message}`, width));

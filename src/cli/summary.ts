@@ -25,7 +25,18 @@ export interface Summary {
   upToDate?: boolean;
   /** Where the build deviated from what was asked, in plain words. */
   substitutions?: string[];
-  published?: { store: string; written: string[]; unchanged: string[]; backups: string[]; previousImage?: string | undefined; lockWaitMs: number };
+  published?: {
+    store: string;
+    written: string[];
+    unchanged: string[];
+    backups: string[];
+    previousImage?: string | undefined;
+    lockWaitMs: number;
+    /** store.disk lun: the device the image went onto, bytes written and checked. */
+    lun?: { device: string; kind: string; bytesWritten: number; bytesChecked: number; sha256: string } | undefined;
+  };
+  /** Where the guest's disk lives (store.disk), for the commands that render or publish it. */
+  store?: { disk: 'file' | 'lun'; path: string };
   log?: string;
 }
 
@@ -94,6 +105,7 @@ export function buildSummary(plan: Plan, records: StageRecord[], warnings: { sco
     ...(plan.state.boot ? { boot: plan.state.boot } : {}),
     ...(plan.state.configs ? { configs: { ...plan.state.configs } } : {}),
     ...(plan.state.published ? { published: { ...plan.state.published } } : {}),
+    ...(plan.command === 'build' || plan.command === 'configs' ? { store: { disk: plan.description.store.disk, path: plan.description.store.path } } : {}),
     ...(plan.state.record ? artifactsOf(plan) : {}),
     ...extra,
   };
@@ -182,6 +194,7 @@ function closingLines(sum: Summary, lines: string[]): string {
   if (sum.published) {
     const p = sum.published;
     lines.push(`published to ${p.store}: ${p.written.length} written, ${p.unchanged.length} unchanged${p.backups.length ? `, ${p.backups.length} .bak kept` : ''}${p.previousImage ? `; previous image kept as ${p.previousImage}` : ''}`);
+    if (p.lun) lines.push(`image onto the LUN ${p.lun.device} (${p.lun.kind}): ${p.lun.bytesWritten} bytes written, ${p.lun.bytesChecked} bytes checked, sha256 ${p.lun.sha256}`);
   }
   for (const w of sum.warnings) lines.push(`warning: ${w.stage ? `${w.stage}: ` : ''}${w.message}`);
   if (sum.log) lines.push(`log: ${sum.log}`);

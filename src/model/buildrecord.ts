@@ -56,6 +56,14 @@ export interface BuildRecord {
   initramfs: { path: string; sha256: string; size: number; uncompressedSize: number; entries: number; modules: string[]; loadList: string } | null;
   /** Generated config files (relative paths). */
   configs: string[];
+  /** Where the guest's disk lives (store.disk) and the name the configs give it. */
+  disk: { store: 'file' | 'lun'; target: string };
+  /**
+   * The last publish of this build onto the guest's LUN (store.disk lun): the device, what it
+   * cost and the image's sha256 the device now holds. Added after the publish; a fact about the
+   * store, not about the build, so not part of buildHash.
+   */
+  lunPublish?: { device: string; bytesWritten: number; bytesChecked: number; sha256: string };
   /**
    * Everything the image depends on (rootfs content, device nodes, size, label, populate,
    * epoch, tool versions); equal keys → byte-identical image.
@@ -86,7 +94,16 @@ export async function readBuildRecord(outDir: string): Promise<BuildRecord | und
  */
 export function buildHashOf(r: Omit<BuildRecord, 'buildHash' | 'imageFile' | 'ramdiskFile'>): string {
   const { provider: _provider, ...busybox } = r.busybox;
-  return hashValue({ ...r, busybox });
+  const { lunPublish: _published, ...content } = r;
+  return hashValue({ ...content, busybox });
+}
+
+/** After a publish onto the LUN: the record in `outDir` says where its image went (lunPublish). */
+export async function recordLunPublish(outDir: string, lun: { device: string; bytesWritten: number; bytesChecked: number; sha256: string }): Promise<void> {
+  const r = await readBuildRecord(outDir);
+  if (!r) return; // no record (a build that did not finish): nothing to add to
+  const { device, bytesWritten, bytesChecked, sha256 } = lun;
+  await writeBuildRecord(outDir, { ...r, lunPublish: { device, bytesWritten, bytesChecked, sha256 } });
 }
 
 export async function writeBuildRecord(outDir: string, r: BuildRecord): Promise<void> {

@@ -176,6 +176,14 @@ export const storeSchema = section('store settings', {
   initiators: text('an IPv4 network like 172.16.31.0/24', matches(CIDR_RE)).prefault('172.16.31.0/24'),
   /** The target's backing store on the storage server (targets.conf). */
   backing_store: text('an absolute path like /dev/sda3', isAbsolutePath).prefault('/dev/sda3'),
+  /**
+   * Where the guest's disk lives: file (an image file on the store's ext4, the reference lab's
+   * layout: unsafe to migrate between Dom0s that all mount it read-write) or lun (the guest's own
+   * iSCSI LUN, LUN 2 of the target, opened by one Dom0 at a time).
+   */
+  disk: oneOf(['file', 'lun'] as const).prefault('file'),
+  /** The second LUN's backing store on the storage server (targets.conf), with disk: lun. */
+  disk_backing_store: text('an absolute path like /dev/sda4', isAbsolutePath).prefault('/dev/sda4'),
 });
 
 export const xenSchema = section('Xen settings', {
@@ -262,6 +270,10 @@ export const descriptionSchema = section('sections', {
   }
   if (d.xen.toolstack === 'xm' && d.xen.type === 'pvh') {
     ctx.addIssue({ code: 'custom', path: ['xen', 'type'], message: 'xm (xend, Xen 4.4 and earlier) has no PVH guests: use xen.type: pv, or xen.toolstack: xl' });
+  }
+  if (d.store.disk === 'lun' && d.store.disk_backing_store === d.store.backing_store) {
+    // tgt would export the store's own file system a second time as the guest's disk.
+    ctx.addIssue({ code: 'custom', path: ['store', 'disk_backing_store'], message: `expected a backing store of its own for the guest's LUN, got store.backing_store's ${JSON.stringify(d.store.backing_store)} (the guest would write over the store's file system)` });
   }
   for (const i of guestNetworkIssues(d)) ctx.addIssue({ code: 'custom', ...i });
 });

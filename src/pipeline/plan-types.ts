@@ -39,7 +39,7 @@ export interface PlanFlags {
   /** The cache directory when it is a plain path (read at plan time for kept results only). */
   cacheDir?: string | undefined;
   /** --publish and its options: copy the --out tree into store.path. */
-  publish?: { allowUnmounted: boolean; force: boolean; lockTimeoutMs: number; store?: string | undefined } | undefined;
+  publish?: { allowUnmounted: boolean; force: boolean; lockTimeoutMs: number; store?: string | undefined; /** --lun-device (store.disk lun): instead of the by-path name. */ lunDevice?: string | undefined } | undefined;
 }
 
 /** Results shared between the stages of one run, filled as they complete. */

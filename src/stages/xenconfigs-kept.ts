@@ -22,7 +22,7 @@ const KEEP = 32;
 const PREFIX = 'xen-configs-';
 
 /** The modules whose code decides the rendered bytes (as built: .js, or .ts under the tests). */
-const CODE = ['./xenconfigs', '../xen/xencfg', '../store/genheader', '../core/version', './xenconfigs-kept'];
+const CODE = ['./xenconfigs', '../xen/xencfg', '../xen/lun', '../store/genheader', '../core/version', './xenconfigs-kept'];
 
 function codeDigest(): string[] {
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';

@@ -20,6 +20,7 @@ import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../store/genheader.js';
 import { projectPath } from '../core/paths.js';
 import { derivedMac, derivedUuid, guestCmdline, guestExtra, quoted, relocationAllow } from '../xen/xencfg.js';
+import { GUEST_LUN, lunDevicePath } from '../xen/lun.js';
 import { xenType, type Description } from '../model/schema.js';
 import type { StageContext } from '../core/context.js';
 import { DOMU_VERSION } from '../core/version.js';
@@ -114,7 +115,21 @@ function hostDomain(desc: Description, host: Description['hosts'][number], boot:
   }
   const given = desc.kernel.ramdisk;
   const ramdisk = host.ramdisk ?? (desc.kernel.ship ? shipped(boot.ramdisk) : given === 'none' || given === 'generate' ? undefined : given);
-  return { kernel, ramdisk: ramdisk ?? null, disk: `${storePath}/${desc.image.file}`, bridge: host.bridge };
+  // store.disk lun: the LUN's by-path name, the same on every Dom0 whatever its store_path.
+  const disk = desc.store.disk === 'lun' ? lunDevicePath(desc) : `${storePath}/${desc.image.file}`;
+  return { kernel, ramdisk: ramdisk ?? null, disk, bridge: host.bridge };
+}
+
+/**
+ * The warning for store.disk: file with more than one Dom0 (said once a run, by the xen configs
+ * stage): the reference lab's layout silently corrupts a guest that migrates.
+ */
+export function fileDiskWarning(desc: Description): string | undefined {
+  if (desc.store.disk !== 'file' || desc.hosts.length < 2) return undefined;
+  return (
+    `store.disk: file with ${desc.hosts.length} hosts: the guest's disk is the image file ${desc.store.path}/${desc.image.file} on an ext4 store mounted read-write on several Dom0s; ` +
+    'blocks the guest allocates on one host are invisible to the other, so after a migration the new host can read stale data: silent corruption. Use store.disk: lun'
+  );
 }
 
 /** Every host must name the same kernel, ramdisk, disk and bridge; else an error per difference. */
@@ -147,7 +162,8 @@ export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOp
   const mac = g.mac ?? derivedMac(g.name);
   const uuid = derivedUuid(g.name);
   const xen = { ...desc.xen, type: xenType(desc) };
-  const common = { guest: g, store: desc.store, xen, pvh: xen.type === 'pvh', network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
+  const lun = desc.store.disk === 'lun';
+  const common = { guest: g, store: desc.store, xen, pvh: xen.type === 'pvh', lun, lunNumber: GUEST_LUN, network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
   const domainTemplate = desc.xen.toolstack === 'xm' ? 'domain.xm.cfg.hbs' : 'domain.xl.cfg.hbs';
   const files: GeneratedFile[] = [];
   const configPath = (h: Description['hosts'][number]) => `xen/${h.name}/${g.name}.cfg`;

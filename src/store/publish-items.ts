@@ -10,6 +10,7 @@ import { InputError } from '../core/errors.js';
 import { sameContent } from '../fs/sparse.js';
 import { checkHeader } from './genheader.js';
 import { LOCK_NAME } from './storelock.js';
+import type { LunTarget } from './publish-lun.js';
 
 export interface PublishInput {
   /** The built store-shaped tree. */
@@ -20,6 +21,8 @@ export interface PublishInput {
   files: string[];
   /** Relative path of the guest image (published even if not among `files`). */
   image?: string;
+  /** store.disk lun: the image (relative path in outDir) goes onto this LUN, not into the store. */
+  lun?: { image: string; target: LunTarget };
   /** Overwrite hand-edited generated files (and files without our header), keeping `<file>.bak`. */
   force?: boolean;
   /** The store need not be a mount point (tests, local stores). */

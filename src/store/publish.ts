@@ -17,22 +17,27 @@
 //   (hard link, so `<image>` never disappears), then the new one is renamed over `<image>`;
 // - order: the image, then the other non-generated files (kernel, ramdisk), the generated
 //   configs last, so that a config never names a file that is not there yet.
+// - store.disk lun: the image goes onto the guest's LUN instead (publish-lun.ts: refused before
+//   anything is written when the device is missing, too small or in use; written after the other
+//   files are staged and before they are renamed into place).
 // The steps: checkStore (store-check.ts), readSources / checkAgainstStore / refuseEdited
 // (publish-items.ts), then, under the lock, the space check, the copies (sparse, ../fs/sparse.ts)
 // and the renames here.
-import { link, mkdir, open, readdir, rename, rm, rmdir, statfs } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { isTempName, tempPathFor, TEMP_MARK } from '../core/atomic.js';
-import { abortError, DomuError, errorMessage } from '../core/errors.js';
+import { abortError, DomuError, errorMessage, InputError } from '../core/errors.js';
 import { BLOCK, CHUNK, dataOf, writeNonZero } from '../fs/sparse.js';
 import { checkStore } from './store-check.js';
 import { checkAgainstStore, readSources, refuseEdited, type Item, type PublishInput } from './publish-items.js';
 import { FileTooBigError, findNoSpace, findTooBig, NoSpaceError, noSpaceError, tooBigError } from '../core/stage-errors.js';
 import { faultPoint } from '../core/fault.js';
 import { acquireStoreLock, fsyncDir, LOCK_NAME, lockPath } from './storelock.js';
+import { openLun, writeLun, type LunPublishOutput } from './publish-lun.js';
 
 export type { PublishInput };
+export type { LunPublishOutput, LunTarget } from './publish-lun.js';
 
 export interface PublishOutput {
   /** Relative paths written (in the order written). */
@@ -45,6 +50,8 @@ export interface PublishOutput {
   previousImage?: string;
   /** How long taking the store lock took. */
   lockWaitMs: number;
+  /** store.disk lun: the image went onto this device instead of into the store. */
+  lun?: LunPublishOutput;
 }
 
 /** Points where tests step in (pause, get killed). Not for production callers. */
@@ -59,6 +66,7 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
   const store = await checkStore(input.store, input.allowUnmounted ?? false);
   const outDir = resolve(input.outDir);
   const items = await readSources(outDir, store, input);
+  const lunImage = input.lun ? await lunSource(outDir, input.lun.image) : undefined;
   const started = performance.now();
   const release = await acquireStoreLock(store, { timeoutMs: input.lockTimeoutMs, log: ctx.log, signal: ctx.signal, ...(input.command === undefined ? {} : { command: input.command }) });
   const lockWaitMs = Math.round(performance.now() - started);
@@ -70,16 +78,25 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
     await checkAgainstStore(items, ctx);
     refuseEdited(items, store, input.force ?? false);
     await checkSpace(store, items);
-    const out: PublishOutput = { written: [], unchanged: items.filter((i) => i.action === 'unchanged').map((i) => i.rel), backups: [], lockWaitMs };
-    // All new content goes to temporary names first (a full store fails here, with the store
-    // unchanged); then each is renamed into place, in order (image, other files, configs).
-    const staged = await stageItems(items.filter((i) => i.action === 'write'), store, ctx, temps, hooks);
-    for (const s of staged) {
-      if (ctx.signal.aborted) throw abortError(ctx.signal);
-      await commitItem(s.item, s.tmp, ctx, temps, out);
+    // store.disk lun: every refusal of the device (missing, too small, in use) before anything is written.
+    const lun = input.lun && lunImage ? await openLun(input.lun.target, lunImage.size, ctx) : undefined;
+    try {
+      const out: PublishOutput = { written: [], unchanged: items.filter((i) => i.action === 'unchanged').map((i) => i.rel), backups: [], lockWaitMs };
+      // All new content goes to temporary names first (a full store fails here, with the store
+      // and the LUN unchanged); then the image onto the LUN (store.disk lun), then each file is
+      // renamed into place, in order (image, other files, configs).
+      const staged = await stageItems(items.filter((i) => i.action === 'write'), store, ctx, temps, hooks);
+      if (lun && lunImage) out.lun = await writeLun(lunImage.path, lunImage.size, lun, input.lun!.target, ctx, (done) => hooks.afterChunk?.(input.lun!.image, done));
+      for (const s of staged) {
+        if (ctx.signal.aborted) throw abortError(ctx.signal);
+        await commitItem(s.item, s.tmp, ctx, temps, out);
+      }
+      const onto = out.lun ? `; image onto ${out.lun.device}: ${out.lun.bytesWritten} bytes written, ${out.lun.bytesChecked} checked` : '';
+      ctx.log.info(`published to ${store}: ${out.written.length} written, ${out.unchanged.length} unchanged${out.backups.length ? `, ${out.backups.length} kept as .bak` : ''}${onto}`);
+      return out;
+    } finally {
+      await lun?.fh.close();
     }
-    ctx.log.info(`published to ${store}: ${out.written.length} written, ${out.unchanged.length} unchanged${out.backups.length ? `, ${out.backups.length} kept as .bak` : ''}`);
-    return out;
   } catch (e) {
     await temps.removeAll();
     if (ctx.signal.aborted) throw abortError(ctx.signal);
@@ -92,6 +109,14 @@ export async function publish(input: PublishInput, ctx: StageContext, hooks: Pub
     await release().catch((e: unknown) => ctx.log.warn(`could not release the store lock of ${store}: ${errorMessage(e)}; remove ${join(store, LOCK_NAME)} by hand`));
     dropLock();
   }
+}
+
+/** The image to write onto the LUN, in --out. */
+async function lunSource(outDir: string, rel: string): Promise<{ path: string; size: number }> {
+  const path = join(outDir, rel);
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isFile()) throw new InputError(`${rel} is not a file in ${outDir}; build it first (domu build)`);
+  return { path, size: st.size };
 }
 
 // ---------------------------------------------------------------------------------------------

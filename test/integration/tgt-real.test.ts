@@ -13,6 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/core/exec.js';
 import { projectPath } from '../../src/core/paths.js';
 import { tempDir } from '../helpers/context.js';
+import { loadDescription } from '../../src/model/description.js';
+import { bootNames } from '../../src/pipeline/plan.js';
+import { renderConfigs } from '../../src/stages/xenconfigs.js';
+import { GUEST_LUN } from '../../src/xen/lun.js';
 import { iscsiCapacity, iscsiLs, iscsiLsShownSize, isRunning, parseIscsiLs, refused, startTgtd, stopAllTgtd, type Tgtd } from '../helpers/tgt.js';
 
 const IQN = 'iqn.2015-02.com.stu31:t1';
@@ -170,6 +174,24 @@ describe('targets.conf in the reference lab form', () => {
     const bad = join(dir, 'stray.conf');
     await writeFile(bad, `    backing-store ${lab}\n</target>\n`);
     await expect(tgtd.loadConfig(bad)).rejects.toMatchObject({ status: 255, stderr: expect.stringMatching(/EndBlock "<\/target>" has no StartBlock/) });
+  });
+
+  it('the generated targets.conf of store.disk lun: LUN 1 the store, LUN 2 the guest disk, each with its size', async () => {
+    // The rendered file as the storage server gets it, its backing stores (/dev/sda3, /dev/sda4)
+    // and initiator subnet replaced by scratch files and 127.0.0.1: nothing else changed.
+    const desc = loadDescription({ text: 'store:\n  disk: lun\n' });
+    const rendered = renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
+    expect(rendered.match(/^ {4}backing-store .*$/gm)).toEqual(['    backing-store /dev/sda3', '    backing-store /dev/sda4']);
+    const conf = join(dir, 'generated-lun.conf');
+    await writeFile(conf, rendered.replace(' /dev/sda3\n', ` ${lab}\n`).replace(' /dev/sda4\n', ` ${small}\n`).replace(`initiator-address ${desc.store.initiators}`, 'initiator-address 127.0.0.1'));
+    await tgtd.loadConfig(conf);
+    expect(luns(await iscsiLs(tgtd.portal), IQN)).toEqual([
+      { lun: 0, type: 'STORAGE_ARRAY_CONTROLLER' },
+      { lun: 1, type: 'DIRECT_ACCESS', size: iscsiLsShownSize(LAB_SIZE), sizeText: '4G' },
+      { lun: GUEST_LUN, type: 'DIRECT_ACCESS', size: iscsiLsShownSize(SMALL_SIZE), sizeText: '96M' },
+    ]);
+    expect(await iscsiCapacity(tgtd.portal, IQN, 1)).toEqual({ blockSize: 512, bytes: LAB_SIZE });
+    expect(await iscsiCapacity(tgtd.portal, IQN, GUEST_LUN)).toEqual({ blockSize: 512, bytes: SMALL_SIZE });
   });
 
   it('a backing-store that does not exist is NOT an error: exit 0, the target has no LUN 1', async () => {

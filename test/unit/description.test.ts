@@ -74,7 +74,7 @@ describe('defaults', () => {
       image: { file: 'busybox.img', size: 1073741824, populate: 'auto', skel: 'rootfs-skel' },
       kernel: { image: 'auto', modules: 'auto', ramdisk: 'generate', ship: true, package: 'linux-image-amd64' },
       modules: ['xen-netfront'],
-      store: { path: '/scsistore', server: '172.16.31.3', iqn: 'iqn.2015-02.com.stu31:t1', initiators: '172.16.31.0/24', backing_store: '/dev/sda3' },
+      store: { path: '/scsistore', server: '172.16.31.3', iqn: 'iqn.2015-02.com.stu31:t1', initiators: '172.16.31.0/24', backing_store: '/dev/sda3', disk: 'file', disk_backing_store: '/dev/sda4' },
       xen: { toolstack: 'xl', relocation_port: 8002 },
       network: { netmask: '255.255.0.0', gateway: '172.16.0.1' },
       hosts: [

@@ -10,7 +10,8 @@ import { checkHeader } from '../../src/store/genheader.js';
 import { derivedMac, derivedUuid, quoted } from '../../src/xen/xencfg.js';
 import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
-import { renderConfigs } from '../../src/stages/xenconfigs.js';
+import { fileDiskWarning, renderConfigs } from '../../src/stages/xenconfigs.js';
+import { lunDevicePath } from '../../src/xen/lun.js';
 import { PROJECT_ROOT } from '../../src/core/paths.js';
 
 const GOLDEN = join(PROJECT_ROOT, 'test', 'fixtures', 'golden');
@@ -24,11 +25,14 @@ function listFiles(dir: string): string[] {
     .sort();
 }
 
-// xl: the default (PVH); xl-pv: xen.type pv; xm: the reference lab's dialect (always PV).
+// xl: the default (PVH); xl-pv: xen.type pv; xm: the reference lab's dialect (always PV);
+// xl-lun, xm-lun: store.disk lun (the guest's disk is LUN 2 by its by-path name).
 describe.each([
   ['xl', 'xen:\n  toolstack: xl\n'],
   ['xl-pv', 'xen:\n  toolstack: xl\n  type: pv\n'],
   ['xm', 'xen:\n  toolstack: xm\n'],
+  ['xl-lun', 'xen:\n  toolstack: xl\nstore:\n  disk: lun\n'],
+  ['xm-lun', 'xen:\n  toolstack: xm\nstore:\n  disk: lun\n'],
 ] as const)('golden files of the reference inventory (%s)', (variant, text) => {
   const desc = loadDescription({ text });
   const result = renderConfigs(desc, bootNames(desc, RELEASE));
@@ -130,5 +134,41 @@ describe('migration consistency', () => {
     expect(cfg).not.toMatch(/^ramdisk/m);
     const auto = loadDescription({ text: 'kernel:\n  ship: false\n' });
     expect(() => renderConfigs(auto, bootNames(auto, RELEASE))).toThrow(/kernel\.ship is false and kernel\.image is auto/);
+  });
+});
+
+describe('store.disk lun', () => {
+  const lun = (more = '') => loadDescription({ text: `store:\n  disk: lun\n  server: 10.1.2.3\n  iqn: iqn.2020-01.org.example:guests\n${more}` });
+
+  it('the disk is the by-path name of LUN 2 on every host, whatever their store_path; targets.conf gets a second backing-store', () => {
+    const d = lun('hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0, store_path: /mnt/a, kernel: /boot/k, ramdisk: /boot/r }\n  - { name: b, address: 10.0.0.2, bridge: xenbr0, store_path: /mnt/b, kernel: /boot/k, ramdisk: /boot/r }\n');
+    const path = '/dev/disk/by-path/ip-10.1.2.3:3260-iscsi-iqn.2020-01.org.example:guests-lun-2';
+    expect(lunDevicePath(d)).toBe(path);
+    const r = renderConfigs(d, bootNames(d, RELEASE));
+    expect(r.domain.disk).toBe(path);
+    for (const h of ['a', 'b']) expect(r.files.find((f) => f.path === `xen/${h}/busybox.cfg`)!.content).toContain(`disk = [ 'format=raw, vdev=xvda, access=rw, target=${path}' ]`);
+    const conf = r.files.find((f) => f.path === 'storage/targets.conf')!.content;
+    expect(conf.match(/^ {4}backing-store .*$/gm)).toEqual(['    backing-store /dev/sda3', '    backing-store /dev/sda4']);
+  });
+
+  it('the same backing store for both LUNs is refused naming store.disk_backing_store; file ignores it', () => {
+    expect(() => lun('  disk_backing_store: /dev/sda3\n')).toThrow(/store\.disk_backing_store: expected a backing store of its own for the guest's LUN, got store\.backing_store's "\/dev\/sda3"/);
+    expect(() => loadDescription({ text: 'store:\n  disk: lvm\n' })).toThrow(/store\.disk: expected one of file, lun, got "lvm"/);
+    expect(() => loadDescription({ text: 'store:\n  disk_backing_store: sda4\n' })).toThrow(/store\.disk_backing_store: expected an absolute path like \/dev\/sda4, got "sda4"/);
+    expect(loadDescription({ text: 'store:\n  disk_backing_store: /dev/sda3\n' }).store.disk).toBe('file');
+  });
+
+  it('the corruption warning: file with two hosts only', () => {
+    const two = loadDescription({});
+    expect(fileDiskWarning(two)).toMatch(/^store\.disk: file with 2 hosts: .*\/scsistore\/busybox\.img.*silent corruption\. Use store\.disk: lun$/);
+    expect(fileDiskWarning(lun())).toBeUndefined();
+    expect(fileDiskWarning(loadDescription({ text: 'hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0 }\n' }))).toBeUndefined();
+  });
+
+  it('MIGRATION.md of store.disk file states the corruption risk with two hosts, not with one', () => {
+    const migration = (d: ReturnType<typeof loadDescription>) => renderConfigs(d, bootNames(d, RELEASE)).files.find((f) => f.path === 'xen/busybox.MIGRATION.md')!.content;
+    expect(migration(loadDescription({}))).toMatch(/not safe to migrate between these hosts\.\*\*[^]*silent corruption\. Use\n`store\.disk: lun`/);
+    expect(migration(loadDescription({ text: 'hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0 }\n' }))).not.toContain('silent corruption');
+    expect(migration(lun())).not.toContain('silent corruption');
   });
 });

@@ -11,6 +11,7 @@ import type { PipelineStage } from '../run.js';
 import { xenType, type Description } from '../../model/schema.js';
 import { guestNetwork } from '../../model/network.js';
 import { guestCmdline } from '../../xen/xencfg.js';
+import { lunDevicePath } from '../../xen/lun.js';
 import type { PlanFlags, PlanState } from '../plan-types.js';
 import { fileIdentity, hashOf, type HashFn } from '../uptodate.js';
 
@@ -77,6 +78,7 @@ export function recordTask(desc: Description, flags: PlanFlags, state: PlanState
         },
         initramfs: state.initramfs && ramdiskPath ? { ...state.initramfs, path: relative(out, ramdiskPath) } : null,
         configs: state.configs?.files ?? [],
+        disk: { store: desc.store.disk, target: desc.store.disk === 'lun' ? lunDevicePath(desc) : `${desc.store.path}/${desc.image.file}` },
         imageKey: state.imageKey!,
         ramdiskKey: state.ramdiskKey ?? null,
       };

@@ -2,10 +2,14 @@
 import { count } from '../../core/plural.js';
 import { existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { writeConfigs } from '../../stages/xenconfigs.js';
+import { InputError } from '../../core/errors.js';
+import { fileDiskWarning, writeConfigs } from '../../stages/xenconfigs.js';
 import { renderConfigsKept } from '../../stages/xenconfigs-kept.js';
 import { checkImageFits } from '../../core/filesize.js';
-import { publish } from '../../store/publish.js';
+import { publish, type LunTarget } from '../../store/publish.js';
+import { openLun } from '../../store/publish-lun.js';
+import { recordLunPublish } from '../../model/buildrecord.js';
+import { lunDevicePath } from '../../xen/lun.js';
 import { checkStore } from '../../store/store-check.js';
 import type { PipelineStage } from '../run.js';
 import type { Description } from '../../model/schema.js';
@@ -32,6 +36,9 @@ export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanS
       const result = renderConfigsKept(memo, desc, boot, opts, true);
       renderConfigsKept(memo, desc, planBoot, opts, true); // for the plan-time check of the next run
       const c = await writeConfigs(result, out, ctx);
+      // Once a run (build or configs), whatever the number of hosts and files written.
+      const risk = fileDiskWarning(desc);
+      if (risk) ctx.log.warn(risk);
       state.configs = c;
       return { cacheHit: false, note: `${count(c.files.length, 'file')} (${c.written} written, ${c.unchanged} unchanged)`, outputs: { ...c } };
     },
@@ -44,15 +51,31 @@ export function xenConfigsTask(desc: Description, flags: PlanFlags, state: PlanS
  */
 export function storeCheckTask(desc: Description, flags: PlanFlags, imageSize?: number): PipelineStage {
   const store = resolve(flags.publish!.store ?? desc.store.path);
+  const lun = lunTarget(desc, flags);
   return {
     name: 'store',
-    title: `Check the store ${store}`,
+    title: `Check the store ${store}${lun && imageSize !== undefined ? ` and the LUN ${lun.device}` : ''}`,
     run: async (ctx) => {
       const real = await checkStore(store, flags.publish!.allowUnmounted);
-      if (imageSize !== undefined) await checkImageFits({ dir: real, size: imageSize, where: 'store', register: (p) => ctx.cleanup.tempPath(p), log: ctx.log });
-      return { cacheHit: false, note: real, outputs: { store: real } };
+      if (imageSize !== undefined && lun) {
+        // The image goes onto the LUN: refused now (missing, too small, in use) rather than after the build.
+        await (await openLun(lun, imageSize, ctx)).fh.close();
+      } else if (imageSize !== undefined) {
+        await checkImageFits({ dir: real, size: imageSize, where: 'store', register: (p) => ctx.cleanup.tempPath(p), log: ctx.log });
+      }
+      return { cacheHit: false, note: real, outputs: { store: real, ...(lun && imageSize !== undefined ? { lunDevice: lun.device } : {}) } };
     },
   };
+}
+
+/** With store.disk lun, the LUN the image is published onto (--lun-device, else its by-path name). */
+function lunTarget(desc: Description, flags: PlanFlags): LunTarget | undefined {
+  const given = flags.publish?.lunDevice;
+  if (desc.store.disk !== 'lun') {
+    if (given !== undefined) throw new InputError(`--lun-device ${given}: only applies with store.disk: lun (store.disk is ${desc.store.disk})`, 'set store.disk: lun (e.g. --set store.disk=lun), or drop --lun-device');
+    return undefined;
+  }
+  return { device: given ?? lunDevicePath(desc), iqn: desc.store.iqn, server: desc.store.server, guest: desc.guest.name };
 }
 
 /**
@@ -70,8 +93,9 @@ export function publishTask(desc: Description, flags: PlanFlags, state: PlanStat
     run: async (ctx) => {
       const files = [...(state.configs?.files ?? [])];
       let image: string | undefined;
+      const lun = what === 'build' ? lunTarget(desc, flags) : undefined;
       if (what === 'build') {
-        image = desc.image.file;
+        image = lun ? undefined : desc.image.file;
         const boot = state.boot;
         for (const p of [boot?.kernel, boot?.ramdisk]) if (p) files.unshift(relative(out, p));
       } else {
@@ -79,9 +103,12 @@ export function publishTask(desc: Description, flags: PlanFlags, state: PlanStat
           if (f && !existsSync(join(store, 'boot', f))) ctx.log.warn(`the configs name boot/${f}, which ${store} does not have yet: publish a build (domu build --publish) before starting the guest`);
         }
       }
-      const r = await publish({ outDir: out, store, files, image, force: opts.force, allowUnmounted: opts.allowUnmounted, lockTimeoutMs: opts.lockTimeoutMs, command: `domu ${what}` }, ctx);
+      const onto = lun ? { lun: { image: desc.image.file, target: lun } } : {};
+      const r = await publish({ outDir: out, store, files, image, ...onto, force: opts.force, allowUnmounted: opts.allowUnmounted, lockTimeoutMs: opts.lockTimeoutMs, command: `domu ${what}` }, ctx);
       state.published = { ...r, store };
-      return { cacheHit: false, note: `${r.written.length} written, ${r.unchanged.length} unchanged${r.backups.length ? `, ${r.backups.length} .bak kept` : ''}`, outputs: { store, ...r } };
+      if (r.lun) await recordLunPublish(out, r.lun);
+      const lunNote = r.lun ? `; image onto ${r.lun.device}: ${r.lun.bytesWritten} bytes written, ${r.lun.bytesChecked} checked` : '';
+      return { cacheHit: false, note: `${r.written.length} written, ${r.unchanged.length} unchanged${r.backups.length ? `, ${r.backups.length} .bak kept` : ''}${lunNote}`, outputs: { store, ...r } };
     },
   };
 }
