@@ -20,7 +20,7 @@ import { findNoSpace, noSpaceError } from '../core/stage-errors.js';
 import { checkHeader, withHeader, type CommentStyle } from '../store/genheader.js';
 import { projectPath } from '../core/paths.js';
 import { derivedMac, derivedUuid, guestCmdline, guestExtra, quoted, relocationAllow } from '../xen/xencfg.js';
-import { GUEST_LUN, lunDevicePath } from '../xen/lun.js';
+import { GUEST_LUN, lunDevicePath, STORE_LUN } from '../xen/lun.js';
 import { xenType, type Description } from '../model/schema.js';
 import type { StageContext } from '../core/context.js';
 import { DOMU_VERSION } from '../core/version.js';
@@ -163,7 +163,7 @@ export function renderConfigs(desc: Description, boot: BootFiles, opts: RenderOp
   const uuid = derivedUuid(g.name);
   const xen = { ...desc.xen, type: xenType(desc) };
   const lun = desc.store.disk === 'lun';
-  const common = { guest: g, store: desc.store, xen, pvh: xen.type === 'pvh', lun, lunNumber: GUEST_LUN, network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
+  const common = { guest: g, store: desc.store, xen, pvh: xen.type === 'pvh', lun, lunNumber: GUEST_LUN, storeLun: STORE_LUN, network: desc.network, uuid, mac, maxmem: g.maxmem ?? g.memory };
   const domainTemplate = desc.xen.toolstack === 'xm' ? 'domain.xm.cfg.hbs' : 'domain.xl.cfg.hbs';
   const files: GeneratedFile[] = [];
   const configPath = (h: Description['hosts'][number]) => `xen/${h.name}/${g.name}.cfg`;

@@ -10,10 +10,12 @@
 
 /** The iSCSI port the Dom0s log in on (open-iscsi's default, the one in the by-path name). */
 export const ISCSI_PORT = 3260;
-/**
- * The guest's LUN: tgt numbers a target's backing stores 1, 2, … in the order of targets.conf;
- * LUN 1 stays the store's file system (store.backing_store), LUN 2 is store.disk_backing_store.
- */
+// targets.conf gives both numbers explicitly (`<backing-store PATH>` blocks with `lun N`):
+// tgt-admin numbers plain `backing-store` lines by their sorted paths, not by line order, so
+// with paths that sort the other way the guest's disk would silently become LUN 1.
+/** The store's LUN: its file system (store.backing_store), which every Dom0 mounts. */
+export const STORE_LUN = 1;
+/** The guest's LUN: its disk (store.disk_backing_store), opened by the Dom0 running the guest. */
 export const GUEST_LUN = 2;
 
 /** The by-path device name of the guest's LUN, as udev names it on every Dom0. */

@@ -52,7 +52,7 @@ describe('store.disk through domu configs', () => {
     expect(s.store).toEqual({ disk: 'lun', path: '/scsistore' });
     const path = '/dev/disk/by-path/ip-172.16.31.3:3260-iscsi-iqn.2015-02.com.stu31:t1-lun-2';
     for (const h of ['h1', 'h2', 'h3']) expect(await readFile(join(out, 'xen', h, 'busybox.cfg'), 'utf8')).toContain(`target=${path}' ]`);
-    expect(await readFile(join(out, 'storage/targets.conf'), 'utf8')).toMatch(/^ {4}backing-store \/dev\/sda3\n {4}backing-store \/dev\/vg0\/busybox\n/m);
+    expect(await readFile(join(out, 'storage/targets.conf'), 'utf8')).toMatch(/^ {4}<backing-store \/dev\/sda3>\n {8}lun 1\n {4}<\/backing-store>\n {4}<backing-store \/dev\/vg0\/busybox>\n {8}lun 2\n/m);
   });
 });
 

@@ -16,13 +16,14 @@ import { tempDir } from '../helpers/context.js';
 import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
 import { renderConfigs } from '../../src/stages/xenconfigs.js';
-import { GUEST_LUN } from '../../src/xen/lun.js';
+import { GUEST_LUN, STORE_LUN } from '../../src/xen/lun.js';
 import { iscsiCapacity, iscsiLs, iscsiLsShownSize, isRunning, parseIscsiLs, refused, startTgtd, stopAllTgtd, type Tgtd } from '../helpers/tgt.js';
 
 const IQN = 'iqn.2015-02.com.stu31:t1';
 const IQN2 = 'iqn.2015-02.com.stu31:t2';
 const LAB_SIZE = 5 * 1024 ** 3; // the lab's 5 GiB /dev/sda3, as a sparse file
 const SMALL_SIZE = 96 * 1024 ** 2 + 512; // not a round number: sizes must come from the file
+const GUEST_SIZE = 32 * 1024 ** 2; // unlike SMALL_SIZE, so that swapped LUNs show
 
 let dir: string;
 let lab: string;
@@ -181,9 +182,9 @@ describe('targets.conf in the reference lab form', () => {
     // and initiator subnet replaced by scratch files and 127.0.0.1: nothing else changed.
     const desc = loadDescription({ text: 'store:\n  disk: lun\n' });
     const rendered = renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
-    expect(rendered.match(/^ {4}backing-store .*$/gm)).toEqual(['    backing-store /dev/sda3', '    backing-store /dev/sda4']);
+    expect(rendered.match(/^ {4}<backing-store .*$/gm)).toEqual(['    <backing-store /dev/sda3>', '    <backing-store /dev/sda4>']);
     const conf = join(dir, 'generated-lun.conf');
-    await writeFile(conf, rendered.replace(' /dev/sda3\n', ` ${lab}\n`).replace(' /dev/sda4\n', ` ${small}\n`).replace(`initiator-address ${desc.store.initiators}`, 'initiator-address 127.0.0.1'));
+    await writeFile(conf, rendered.replace(' /dev/sda3>\n', ` ${lab}>\n`).replace(' /dev/sda4>\n', ` ${small}>\n`).replace(`initiator-address ${desc.store.initiators}`, 'initiator-address 127.0.0.1'));
     await tgtd.loadConfig(conf);
     expect(luns(await iscsiLs(tgtd.portal), IQN)).toEqual([
       { lun: 0, type: 'STORAGE_ARRAY_CONTROLLER' },
@@ -192,6 +193,27 @@ describe('targets.conf in the reference lab form', () => {
     ]);
     expect(await iscsiCapacity(tgtd.portal, IQN, 1)).toEqual({ blockSize: 512, bytes: LAB_SIZE });
     expect(await iscsiCapacity(tgtd.portal, IQN, GUEST_LUN)).toEqual({ blockSize: 512, bytes: SMALL_SIZE });
+  });
+
+  it('store.disk lun with paths that sort the other way round (z-store.img, a-guest.img): still LUN 1 the store, LUN 2 the guest disk', async () => {
+    // tgt-admin numbers plain backing-store lines by sorted path: a-guest.img would be LUN 1. The
+    // file is the generated one byte for byte, its paths and initiator subnet set in the description.
+    const store = await sparse(join(dir, 'z-store.img'), SMALL_SIZE);
+    const guest = await sparse(join(dir, 'a-guest.img'), GUEST_SIZE);
+    const desc = loadDescription({ text: `store:\n  disk: lun\n  backing_store: ${store}\n  disk_backing_store: ${guest}\n  initiators: 127.0.0.0/8\n` });
+    const rendered = renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
+    const conf = join(dir, 'generated-lun-sorted.conf');
+    await writeFile(conf, rendered);
+    await tgtd.loadConfig(conf);
+    expect(luns(await iscsiLs(tgtd.portal), IQN)).toEqual([
+      { lun: 0, type: 'STORAGE_ARRAY_CONTROLLER' },
+      { lun: STORE_LUN, type: 'DIRECT_ACCESS', size: iscsiLsShownSize(SMALL_SIZE), sizeText: '96M' },
+      { lun: GUEST_LUN, type: 'DIRECT_ACCESS', size: iscsiLsShownSize(GUEST_SIZE), sizeText: '31M' },
+    ]);
+    expect(await iscsiCapacity(tgtd.portal, IQN, STORE_LUN)).toEqual({ blockSize: 512, bytes: SMALL_SIZE });
+    expect(await iscsiCapacity(tgtd.portal, IQN, GUEST_LUN)).toEqual({ blockSize: 512, bytes: GUEST_SIZE });
+    const shown = (await tgtd.targets()).find((t) => t.iqn === IQN)!.luns.filter((l) => l.lun !== 0);
+    expect(shown.map((l) => [l.lun, l.backingStorePath])).toEqual([[STORE_LUN, store], [GUEST_LUN, guest]]);
   });
 
   it('a backing-store that does not exist is NOT an error: exit 0, the target has no LUN 1', async () => {

@@ -140,7 +140,7 @@ describe('migration consistency', () => {
 describe('store.disk lun', () => {
   const lun = (more = '') => loadDescription({ text: `store:\n  disk: lun\n  server: 10.1.2.3\n  iqn: iqn.2020-01.org.example:guests\n${more}` });
 
-  it('the disk is the by-path name of LUN 2 on every host, whatever their store_path; targets.conf gets a second backing-store', () => {
+  it('the disk is the by-path name of LUN 2 on every host, whatever their store_path; targets.conf gets a second backing store, both with their LUN', () => {
     const d = lun('hosts:\n  - { name: a, address: 10.0.0.1, bridge: xenbr0, store_path: /mnt/a, kernel: /boot/k, ramdisk: /boot/r }\n  - { name: b, address: 10.0.0.2, bridge: xenbr0, store_path: /mnt/b, kernel: /boot/k, ramdisk: /boot/r }\n');
     const path = '/dev/disk/by-path/ip-10.1.2.3:3260-iscsi-iqn.2020-01.org.example:guests-lun-2';
     expect(lunDevicePath(d)).toBe(path);
@@ -148,7 +148,15 @@ describe('store.disk lun', () => {
     expect(r.domain.disk).toBe(path);
     for (const h of ['a', 'b']) expect(r.files.find((f) => f.path === `xen/${h}/busybox.cfg`)!.content).toContain(`disk = [ 'format=raw, vdev=xvda, access=rw, target=${path}' ]`);
     const conf = r.files.find((f) => f.path === 'storage/targets.conf')!.content;
-    expect(conf.match(/^ {4}backing-store .*$/gm)).toEqual(['    backing-store /dev/sda3', '    backing-store /dev/sda4']);
+    expect(conf).toContain('\n    <backing-store /dev/sda3>\n        lun 1\n    </backing-store>\n    <backing-store /dev/sda4>\n        lun 2\n    </backing-store>\n');
+    expect(conf).not.toMatch(/^\s*backing-store\b/m);
+  });
+
+  it('the LUN numbers are explicit, so paths that sort the other way round still give the store LUN 1 and the guest LUN 2', () => {
+    // tgt-admin would number plain backing-store lines /dev/sdb (the guest) 1, /srv/store.img 2.
+    const d = lun('  backing_store: /srv/store.img\n  disk_backing_store: /dev/sdb\n');
+    const conf = renderConfigs(d, bootNames(d, RELEASE)).files.find((f) => f.path === 'storage/targets.conf')!.content;
+    expect(conf.match(/^ *(<backing-store .*|lun .*)$/gm)).toEqual(['    <backing-store /srv/store.img>', '        lun 1', '    <backing-store /dev/sdb>', '        lun 2']);
   });
 
   it('the same backing store for both LUNs is refused naming store.disk_backing_store; file ignores it', () => {
