@@ -23,8 +23,9 @@ export interface StorageServerSpec {
   /** The generated storage/targets.conf's text. */
   targetsConf: string;
   /**
-   * One for each backing-store line of targetsConf, in the order of the lines; tgt-admin numbers
-   * the LUNs by the sorted paths, so these must sort as the generated paths do (targets.ts).
+   * One for each backing store of targetsConf (a line or a <backing-store> block), in the order of
+   * the lines. A block states its LUN; plain lines tgt-admin numbers by their sorted paths, so for
+   * those these files must sort as the generated paths do (targets.ts).
    */
   backingFiles: readonly BackingFile[];
   /** For tgtd: port, control port, state directory (default a temp directory). */

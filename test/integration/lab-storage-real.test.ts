@@ -1,9 +1,10 @@
 // The lab's storage server (src/lab/storage-server.ts) for real: the targets.conf domu generates for
-// the default description, made the lab's (a sparse 64 MiB scratch file for /dev/sda3, ACL
-// 127.0.0.1), served by a private tgtd on 127.0.0.1. Seen the way the lab's Dom0s will see it:
-// libiscsi's iscsi-ls and iscsi-readcapacity16, and QEMU's own iSCSI client (qemu-block-extra)
-// writing through `iscsi://127.0.0.1:<port>/<iqn>/1` into the backing file. Also: what it refuses
-// and that stop() and an interrupted run leave no tgtd and no state directory.
+// the default description (and, for two LUNs, for store.disk: lun), made the lab's (a sparse
+// 64 MiB scratch file for /dev/sda3, ACL 127.0.0.1), served by a private tgtd on 127.0.0.1. Seen
+// the way the lab's Dom0s will see it: libiscsi's iscsi-ls and iscsi-readcapacity16, and QEMU's
+// own iSCSI client (qemu-block-extra) writing through `iscsi://127.0.0.1:<port>/<iqn>/1` into the
+// backing file. Also: what it refuses and that stop() and an interrupted run leave no tgtd and no
+// state directory.
 import { readdirSync, readFileSync } from 'node:fs';
 import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -26,6 +27,8 @@ const MiB = 1024 ** 2;
 
 let ctx: TestContext;
 let generated: string;
+/** The targets.conf of store.disk: lun: <backing-store> blocks, LUN 1 /dev/sda3, LUN 2 /dev/sda4. */
+let generatedLun: string;
 let server: StorageServer;
 
 // QEMU's iSCSI client is a module of qemu-block-extra; without it QEMU cannot open iscsi:// at all.
@@ -50,7 +53,9 @@ function ourTgtds(): number[] {
 beforeAll(async () => {
   ctx = await makeTestContext();
   const desc = loadDescription({});
-  generated = renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
+  const targetsConf = (d: typeof desc) => renderConfigs(d, bootNames(d, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
+  generated = targetsConf(desc);
+  generatedLun = targetsConf(loadDescription({ text: 'store:\n  disk: lun\n' }));
   server = await startStorageServer({ dir: join(ctx.root, 'lab'), targetsConf: generated, backingFiles: [{ path: 'store.img', size: SIZE }] }, ctx);
 });
 
@@ -138,21 +143,23 @@ describe('the lab storage server on the generated targets.conf', () => {
 });
 
 describe('the lab storage server refuses and cleans up', () => {
-  it('two LUNs (store.disk: lun adds the guest disk to the target): LUN 1 and 2 with their files and sizes', async () => {
-    const two = generated.replace(/^( *backing-store \/dev\/sda3)$/m, '$1\n    backing-store /scsistore/busybox.img');
-    const guest = join(ctx.root, 'two', 'lun2-guest.img');
+  it('two LUNs (the generated file of store.disk: lun): LUN 1 and 2 as its blocks say, whatever the lab files\' names sort like', async () => {
+    const guest = join(ctx.root, 'two', 'guest.img');
     await execa('mkdir', ['-p', join(ctx.root, 'two')]);
     await writeFile(guest, Buffer.alloc(2 * MiB, 0x11)); // given: used as it is
-    // tgt-admin numbers LUNs by sorted path: files that sort the other way round are refused.
-    await expect(startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: two, backingFiles: [{ path: 'store.img', size: SIZE }, { path: 'guest.img', size: SIZE }] }, ctx)).rejects.toThrow(/LUN numbers would differ/);
-    const s = await startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: two, backingFiles: [{ path: 'lun1-store.img', size: SIZE }, { path: guest }] }, ctx);
+    // guest.img sorts before store.img: with plain backing-store lines tgt-admin would make it LUN 1, so those are refused.
+    const plain = generated.replace(/^( *backing-store \/dev\/sda3)$/m, '$1\n    backing-store /dev/sda4');
+    await expect(startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: plain, backingFiles: [{ path: 'store.img', size: SIZE }, { path: guest }] }, ctx)).rejects.toThrow(/LUN numbers would differ/);
+    const s = await startStorageServer({ dir: join(ctx.root, 'two'), targetsConf: generatedLun, backingFiles: [{ path: 'store.img', size: SIZE }, { path: guest }] }, ctx);
     try {
       expect(s.luns).toEqual([
-        { lun: 1, path: join(ctx.root, 'two', 'lun1-store.img'), size: SIZE },
+        { lun: 1, path: join(ctx.root, 'two', 'store.img'), size: SIZE },
         { lun: 2, path: guest, size: 2 * MiB },
       ]);
+      expect(await readFile(s.targetsConfPath, 'utf8')).toContain(`    <backing-store ${guest}>\n        lun 2\n    </backing-store>\n`);
       expect(s.lunUrl(2)).toBe(`iscsi://${s.portal}/${IQN}/2`);
-      expect(s.changes.map((c) => c.split(':')[1]!.trim())).toEqual([`backing-store /dev/sda3 → ${s.luns[0]!.path}`, `backing-store /scsistore/busybox.img → ${guest}`, 'initiator-address 172.16.31.0/24 → 127.0.0.1']);
+      expect(s.changes.map((c) => c.split(':')[1]!.trim())).toEqual([`backing-store /dev/sda3 → ${s.luns[0]!.path}`, `backing-store /dev/sda4 → ${guest}`, 'initiator-address 172.16.31.0/24 → 127.0.0.1']);
+      expect(await iscsiCapacity(s.portal, IQN, 1)).toEqual({ blockSize: 512, bytes: SIZE });
       expect(await iscsiCapacity(s.portal, IQN, 2)).toEqual({ blockSize: 512, bytes: 2 * MiB });
       expect((await iscsiLs(s.portal)).targets[0]!.luns.map((l) => l.lun)).toEqual([0, 1, 2]);
     } finally {
@@ -189,24 +196,23 @@ describe('the lab storage server refuses and cleans up', () => {
     const dir = join(ctx.root, 'skipped');
     const before = ourTgtds();
     // The same file for both LUNs: tgt-admin would merge them silently; refused before anything is made.
-    const two = generated.replace(/^( *backing-store \/dev\/sda3)$/m, '$1\n    backing-store /dev/sda4');
-    const twice = startStorageServer({ dir, targetsConf: two, backingFiles: [{ path: 'same.img', size: SIZE }, { path: 'same.img' }] }, ctx);
+    const twice = startStorageServer({ dir, targetsConf: generatedLun, backingFiles: [{ path: 'same.img', size: SIZE }, { path: 'same.img' }] }, ctx);
     await expect(twice).rejects.toBeInstanceOf(DomuError);
     await expect(twice).rejects.toThrow(/^the lab names the backing store .*\/same\.img twice: tgt-admin merges equal backing-store paths into one LUN$/);
     await expect(stat(join(dir, 'same.img'))).rejects.toMatchObject({ code: 'ENOENT' });
 
     // A backing file some process holds open: tgt-admin (lsof) skips it as in use, says so, exits 0.
     await execa('mkdir', ['-p', dir]);
-    const held = join(dir, 'lun2-held.img');
+    const held = join(dir, 'held.img');
     await writeFile(held, Buffer.alloc(MiB));
     const fh = await open(held, 'r');
     try {
-      const skipped = startStorageServer({ dir, targetsConf: two, backingFiles: [{ path: 'lun1-new.img', size: SIZE }, { path: held }] }, ctx);
-      await expect(skipped).rejects.toThrow(/ has LUN 1, expected LUN 1, 2; tgt-admin said: Device .*lun2-held\.img is used .*Skipping device .*lun2-held\.img - it is in use/);
+      const skipped = startStorageServer({ dir, targetsConf: generatedLun, backingFiles: [{ path: 'new.img', size: SIZE }, { path: held }] }, ctx);
+      await expect(skipped).rejects.toThrow(/ has LUN 1, expected LUN 1, 2; tgt-admin said: Device .*held\.img is used .*Skipping device .*held\.img - it is in use/);
     } finally {
       await fh.close();
     }
-    await expect(stat(join(dir, 'lun1-new.img'))).rejects.toMatchObject({ code: 'ENOENT' }); // made by it, so removed
+    await expect(stat(join(dir, 'new.img'))).rejects.toMatchObject({ code: 'ENOENT' }); // made by it, so removed
     expect((await stat(held)).size).toBe(MiB); // given, so not removed
     expect(ourTgtds()).toEqual(before);
     expect(ctx.cleanup.size).toBe(0);

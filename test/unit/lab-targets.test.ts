@@ -1,6 +1,7 @@
-// targets.conf made the lab's (src/lab/targets.ts): on the file domu generates today (rendered
-// with the default description) and on a hand-written file with two LUNs (store.disk: lun adds
-// the guest disk as a second backing-store in the same target).
+// targets.conf made the lab's (src/lab/targets.ts): on the files domu generates (rendered with the
+// default description, store.disk file: one plain backing-store line; and with store.disk lun:
+// two <backing-store> blocks with their lun) and on hand-written files with plain lines, whose
+// LUN numbers tgt-admin takes from the sorted paths.
 import { describe, expect, it } from 'vitest';
 import { DomuError } from '../../src/core/errors.js';
 import { LAB_MARK, labTargetsConf } from '../../src/lab/targets.js';
@@ -8,10 +9,22 @@ import { loadDescription } from '../../src/model/description.js';
 import { bootNames } from '../../src/pipeline/plan.js';
 import { renderConfigs } from '../../src/stages/xenconfigs.js';
 
-const generated = (): string => {
-  const desc = loadDescription({});
+const generated = (text?: string): string => {
+  const desc = loadDescription(text === undefined ? {} : { text });
   return renderConfigs(desc, bootNames(desc, '6.1.0-56-amd64')).files.find((f) => f.path === 'storage/targets.conf')!.content;
 };
+const LUN = 'store:\n  disk: lun\n';
+
+/** The DomuError message of a refused call. */
+function refused(text: string, files: string[]): string {
+  try {
+    labTargetsConf(text, { backingFiles: files });
+  } catch (e) {
+    expect(e).toBeInstanceOf(DomuError);
+    return (e as DomuError).message;
+  }
+  throw new Error('not refused');
+}
 
 const TWO_LUNS = [
   '# two LUNs: the store and the guest disk',
@@ -30,6 +43,14 @@ function diff(before: string, after: string): { added: string[]; removed: string
   return { added: a.filter((l) => !b.includes(l)), removed: b.filter((l) => !a.includes(l)) };
 }
 
+/** `lab` is `text` with the lines `removed` gone and `added` new, every other line byte for byte. */
+function expectChanged(text: string, lab: string, removed: string[], added: string[]): void {
+  expect(diff(text, lab)).toEqual({ added, removed });
+  // Taking the lab's lines out gives the generated file with the replaced lines out.
+  const unmarked = (s: string, drop: string[]) => s.split('\n').filter((l) => !drop.includes(l)).join('\n');
+  expect(unmarked(lab, added)).toBe(unmarked(text, removed));
+}
+
 describe('labTargetsConf', () => {
   it('the generated file: backing-store → the scratch file, initiator-address → 127.0.0.1, each marked and said; the rest byte for byte', () => {
     const text = generated();
@@ -44,17 +65,12 @@ describe('labTargetsConf', () => {
       "targets.conf: backing-store /dev/sda3 → /lab/store.img: LUN 1's backing store on the storage server does not exist here; the lab uses a scratch file in its directory",
       "targets.conf: initiator-address 172.16.31.0/24 → 127.0.0.1: the lab's Dom0s reach tgtd from 127.0.0.1 (QEMU's iSCSI client), not from the inventory's network",
     ]);
-    const { added, removed } = diff(text, lab.text);
-    expect(removed).toEqual(['    backing-store /dev/sda3', '    initiator-address 172.16.31.0/24']);
-    expect(added).toEqual([
+    expectChanged(text, lab.text, ['    backing-store /dev/sda3', '    initiator-address 172.16.31.0/24'], [
       `    ${LAB_MARK} LUN 1 was "backing-store /dev/sda3": not on this machine, a scratch file instead`,
       '    backing-store /lab/store.img',
       `    ${LAB_MARK} was "initiator-address 172.16.31.0/24": the lab's Dom0s connect from 127.0.0.1`,
       '    initiator-address 127.0.0.1',
     ]);
-    // Byte for byte: taking the lab's lines out gives the generated file with the two lines out.
-    const unmarked = (s: string, drop: string[]) => s.split('\n').filter((l) => !drop.includes(l)).join('\n');
-    expect(unmarked(lab.text, added)).toBe(unmarked(text, removed));
     expect(lab.text.split('\n').slice(0, 5)).toEqual(text.split('\n').slice(0, 5)); // the generated header, sha256 line included
     expect(lab.text.endsWith('</target>\n')).toBe(true);
   });
@@ -112,21 +128,68 @@ describe('labTargetsConf', () => {
   });
 
   it('refuses a file without a target, more than one target, and a backing-store count the mapping does not match', () => {
-    const refused = (text: string, files: string[]) => {
-      try {
-        labTargetsConf(text, { backingFiles: files });
-      } catch (e) {
-        expect(e).toBeInstanceOf(DomuError);
-        return (e as DomuError).message;
-      }
-      throw new Error('not refused');
-    };
     expect(refused('# nothing here\n', [])).toBe('targets.conf has no <target> block: nothing for the lab storage server to serve');
     expect(refused('<target iqn.a:1>\n</target>\n<target iqn.a:2>\n</target>\n', [])).toMatch(/has 2 targets \(iqn\.a:1, iqn\.a:2\)/);
     expect(refused(TWO_LUNS, ['/lab/one.img'])).toBe('targets.conf has 2 backing-store lines but the lab was given 1 backing file for them');
     expect(refused(generated(), [])).toBe('targets.conf has 1 backing-store line but the lab was given 0 backing files for them');
     expect(refused(generated(), ['/lab/a b.img'])).toMatch(/needs an absolute path without white space/);
     expect(refused(generated(), ['lab.img'])).toMatch(/needs an absolute path/);
-    expect(refused('<target iqn.a:b>\n  <backing-store /dev/sdb>\n    lun 5\n  </backing-store>\n</target>\n', [])).toMatch(/line 2 .*only plain backing-store lines/);
+    expect(refused('<target iqn.a:b>\n  direct-store /dev/sg1\n</target>\n', [])).toBe('targets.conf line 2 ("direct-store /dev/sg1"): the lab knows only backing-store lines and <backing-store> blocks');
+    expect(refused('<target iqn.a:b>\n  <direct-store /dev/sg1>\n  </direct-store>\n</target>\n', [])).toMatch(/^targets\.conf line 2 .*the lab knows only/);
+    expect(refused(generated(LUN), ['/lab/one.img'])).toBe('targets.conf has 2 backing-store lines but the lab was given 1 backing file for them');
+  });
+});
+
+describe('labTargetsConf on <backing-store> blocks (store.disk: lun)', () => {
+  it('the generated file: each block\'s opening line → the scratch file, its lun line kept; LUNs as the blocks say; the rest byte for byte', () => {
+    const text = generated(LUN);
+    const lab = labTargetsConf(text, { backingFiles: ['/lab/store.img', '/lab/guest.img'] });
+    expect(lab.luns).toEqual([
+      { lun: 1, generated: '/dev/sda3', lab: '/lab/store.img' },
+      { lun: 2, generated: '/dev/sda4', lab: '/lab/guest.img' },
+    ]);
+    expect(lab.changes.slice(0, 2)).toEqual([
+      "targets.conf: backing-store /dev/sda3 → /lab/store.img: LUN 1's backing store on the storage server does not exist here; the lab uses a scratch file in its directory",
+      "targets.conf: backing-store /dev/sda4 → /lab/guest.img: LUN 2's backing store on the storage server does not exist here; the lab uses a scratch file in its directory",
+    ]);
+    expectChanged(text, lab.text, ['    <backing-store /dev/sda3>', '    <backing-store /dev/sda4>', '    initiator-address 172.16.31.0/24'], [
+      `    ${LAB_MARK} LUN 1 was "<backing-store /dev/sda3>": not on this machine, a scratch file instead`,
+      '    <backing-store /lab/store.img>',
+      `    ${LAB_MARK} LUN 2 was "<backing-store /dev/sda4>": not on this machine, a scratch file instead`,
+      '    <backing-store /lab/guest.img>',
+      `    ${LAB_MARK} was "initiator-address 172.16.31.0/24": the lab's Dom0s connect from 127.0.0.1`,
+      '    initiator-address 127.0.0.1',
+    ]);
+    expect(lab.text).toContain('    <backing-store /lab/store.img>\n        lun 1\n    </backing-store>\n');
+  });
+
+  it('paths that sort the other way round, lab files in any order: the LUNs are the blocks\' own, reported in LUN order', () => {
+    const text = generated(`${LUN}  backing_store: /srv/store.img\n  disk_backing_store: /dev/sdb\n`);
+    const lab = labTargetsConf(text, { backingFiles: ['/lab/z-store.img', '/lab/a-guest.img'] });
+    expect(lab.luns).toEqual([
+      { lun: 1, generated: '/srv/store.img', lab: '/lab/z-store.img' },
+      { lun: 2, generated: '/dev/sdb', lab: '/lab/a-guest.img' },
+    ]);
+    // Written in line order whatever the LUNs: the guest's block second, with LUN 2.
+    const swapped = '<target iqn.a:b>\n  <backing-store /b>\n    lun 7\n  </backing-store>\n  <backing-store /a>\n    lun = 3\n  </backing-store>\n</target>\n';
+    const l = labTargetsConf(swapped, { backingFiles: ['/lab/b', '/lab/a'] });
+    expect(l.luns).toEqual([
+      { lun: 3, generated: '/a', lab: '/lab/a' },
+      { lun: 7, generated: '/b', lab: '/lab/b' },
+    ]);
+    expect(l.text.split('\n').slice(1, 4)).toEqual([`  ${LAB_MARK} LUN 7 was "<backing-store /b>": not on this machine, a scratch file instead`, '  <backing-store /lab/b>', '    lun 7']);
+  });
+
+  it('refuses what would not give each store the LUN the file means', () => {
+    const block = (path: string, inner: string) => `  <backing-store ${path}>\n${inner}  </backing-store>\n`;
+    const target = (...parts: string[]) => `<target iqn.a:b>\n${parts.join('')}</target>\n`;
+    expect(refused(target(block('/x', '    write-cache off\n')), ['/l'])).toBe('targets.conf line 4 ("</backing-store>"): the <backing-store /x> block has no lun line: tgt-admin would pick its LUN number itself');
+    expect(refused(target(block('/x', '    lun 1\n'), block('/y', '    lun 1\n')), ['/l1', '/l2'])).toBe('targets.conf gives LUN 1 to both /x and /y: tgt-admin would leave one of them out');
+    expect(refused(target(block('/x', '    lun 1\n    lun 2\n')), ['/l'])).toMatch(/^targets\.conf line 4 \("lun 2"\): a second lun line in the <backing-store \/x> block$/);
+    expect(refused(target(block('/x', '    lun 0\n')), ['/l'])).toMatch(/line 3 \("lun 0"\): expected a LUN number from 1 up/);
+    expect(refused(target(block('/x', '    lun 1\n'), block('/x', '    lun 2\n')), ['/l1', '/l2'])).toMatch(/^targets\.conf names the backing store \/x twice: tgt-admin merges/);
+    expect(refused(target(block('/x', '    lun 1\n'), '  backing-store /y\n'), ['/l1', '/l2'])).toMatch(/both backing-store lines and <backing-store> blocks .*Config::General/);
+    expect(refused(target('  lun 2\n  backing-store /y\n'), ['/l'])).toBe('targets.conf line 2 ("lun 2"): a lun line outside a <backing-store> block');
+    expect(refused(target('  <backing-store /x>\n    lun 1\n'), ['/l'])).toMatch(/line 4 \("<\/target>"\): the <backing-store \/x> block is not closed/);
   });
 });
