@@ -101,6 +101,14 @@ export function program(): Command {
         return (d, f, _a, o) => planVerify(d, f, { timeoutS: seconds(o.timeout, '--timeout'), quick: o.quick === true });
       }),
     );
+  withCommon(p.command('lab').description('rehearse the reference lab: tgtd on 127.0.0.1 serving the store, two nested Xen Dom0s (the first two hosts), the guest created on the first and live-migrated to the second and back (store.disk: lun)'))
+    .option('--timeout <seconds>', 'how long each phase may take (default 300)')
+    .action(
+      pipelineCommand('lab', async () => {
+        const { planLabFromOut } = await import('../pipeline/tasks/lab.js');
+        return (_d, f, _a, o) => planLabFromOut(f, seconds(o.timeout, '--timeout'));
+      }),
+    );
   withCommon(p.command('release').description('versioned, reproducible artifacts of the build in --out: compressed image, boot files, configs, SHA256SUMS, manifest'))
     .option('--dist <dir>', 'where releases go (default dist/)')
     .action(

@@ -49,9 +49,12 @@ export interface TgtTarget {
   acl: string[];
 }
 
-/** The size tgtadm shows for a LUN of `bytes` bytes. */
+/**
+ * The size tgtadm shows for a LUN of `bytes` bytes: decimal MB, rounded to the nearest (seen on
+ * tgt 1.0.85: 64 MiB → 67 MB, 1 GiB → 1074 MB, 1293942784 bytes → 1294 MB).
+ */
 export function tgtadmShownMB(bytes: number): number {
-  return Math.floor(bytes / 1e6);
+  return Math.round(bytes / 1e6);
 }
 
 interface Line {

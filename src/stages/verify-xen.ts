@@ -51,8 +51,12 @@ export interface MoveResult {
 /** dom0's shell variables from its parameter files (initramfs/dom0-init writes them). */
 const LOAD_PARAMS = [
   'read -r DOMU_STORE < /etc/domu-lab/store_path; read -r DOMU_GUEST < /etc/domu-lab/guest_name',
-  'read -r DOMU_GUEST_CONFIG < /etc/domu-lab/guest_config; read -r DOMU_IMAGE < /etc/domu-lab/guest_image',
-  'DOMU_GUEST_ADDRESS=; [ -e /etc/domu-lab/guest_address ] && read -r DOMU_GUEST_ADDRESS < /etc/domu-lab/guest_address; true',
+  'read -r DOMU_GUEST_CONFIG < /etc/domu-lab/guest_config',
+  // Optional ones: empty when the file is not there (no image file with store.disk: lun, no peer in verify).
+  'DOMU_IMAGE=; [ -e /etc/domu-lab/guest_image ] && read -r DOMU_IMAGE < /etc/domu-lab/guest_image',
+  'DOMU_GUEST_ADDRESS=; [ -e /etc/domu-lab/guest_address ] && read -r DOMU_GUEST_ADDRESS < /etc/domu-lab/guest_address',
+  'DOMU_PEER=; [ -e /etc/domu-lab/peer_address ] && read -r DOMU_PEER < /etc/domu-lab/peer_address',
+  'DOMU_STORE_DEVICE=; [ -e /etc/domu-lab/store_device ] && read -r DOMU_STORE_DEVICE < /etc/domu-lab/store_device; true',
 ];
 
 const round = (s: number) => Math.round(s * 100) / 100;
@@ -60,30 +64,32 @@ const since = (t: number) => round((performance.now() - t) / 1000);
 
 export class XenVerification {
   readonly checks: Check[] = [];
-  private written: string | undefined;
-  private uptimeBefore = NaN;
-  private loaded = false;
+  protected written: string | undefined;
+  protected uptimeBefore = NaN;
+  /** The dom0s whose shells have the parameters loaded (the lab moves the guest between two). */
+  private readonly loaded = new Set<XenHost>();
 
   constructor(
-    private readonly host: XenHost,
-    private readonly expect: XenGuestExpect,
-    private readonly timeoutS: number,
-    private readonly ctx: StageContext,
+    /** The dom0 the guest runs on (the lab changes it when the guest moves). */
+    protected host: XenHost,
+    protected readonly expect: XenGuestExpect,
+    protected readonly timeoutS: number,
+    protected readonly ctx: StageContext,
   ) {}
 
   /** The guest's console lines after console offset `from`. */
-  private guestText(from: number, to?: number): string {
+  protected guestText(from: number, to?: number): string {
     return splitConsole(this.host.console.slice(from, to)).guest.join('\n');
   }
 
-  private record(name: string, ok: boolean, detail: string, t0: number): void {
+  protected record(name: string, ok: boolean, detail: string, t0: number): void {
     const c = { name, ok, detail, seconds: since(t0) };
     this.checks.push(c);
     this.ctx.log.info(`check ${name}: ${ok ? 'ok' : 'FAILED'} (${c.seconds} s): ${detail}`);
   }
 
   /** Record a check; a failed one ends the verification with the console tails. */
-  private async must(name: string, ok: boolean, detail: string, t0: number): Promise<void> {
+  protected async must(name: string, ok: boolean, detail: string, t0: number): Promise<void> {
     this.record(name, ok, detail, t0);
     if (!ok) throw await this.failure(`check "${name}" failed: ${detail}`);
   }
@@ -101,24 +107,24 @@ export class XenVerification {
     );
   }
 
-  /** A dom0 command with the phase's time limit; fails only when dom0 does not answer. */
-  private async dom0(lines: string[]): Promise<{ out: string; status: number }> {
-    if (!this.loaded) {
-      await this.host.run(LOAD_PARAMS, this.timeoutS);
-      this.loaded = true;
+  /** A dom0 command (on `host`, default the guest's) with the phase's time limit; fails only when dom0 does not answer. */
+  protected async dom0(lines: string[], host = this.host): Promise<{ out: string; status: number }> {
+    if (!this.loaded.has(host)) {
+      await host.run(LOAD_PARAMS, this.timeoutS);
+      this.loaded.add(host);
     }
-    const r = await this.host.run(lines, this.timeoutS);
+    const r = await host.run(lines, this.timeoutS);
     return { out: r.lines.join('\n'), status: r.status };
   }
 
   /** Type one of GUEST_SCRIPTS on the guest's console (domu-guest-send, in dom0). */
-  private async send(script: GuestScript): Promise<void> {
+  protected async send(script: GuestScript): Promise<void> {
     const r = await this.dom0([`domu-guest-send "$DOMU_GUEST" < /etc/domu-scripts/${script}`]);
     if (r.status !== 0) throw new DomuError(`could not type on the guest's console: ${lastLine(r.out) || `domu-guest-send exited ${r.status}`}`);
   }
 
   /** Type `script` on the guest's console and wait for its `end` answer; the guest's lines meanwhile. */
-  private async inGuest(script: GuestScript, what: string, end = 'end', timeoutS = this.timeoutS): Promise<string> {
+  protected async inGuest(script: GuestScript, what: string, end = 'end', timeoutS = this.timeoutS): Promise<string> {
     const from = this.host.console.length;
     await this.send(script);
     const m = await this.host.waitForGuest(new RegExp(`.*${GUEST_TAG} ${end}\\b`), what, timeoutS, from);
@@ -150,7 +156,7 @@ export class XenVerification {
    * Also after a move: a PV guest's console is hung up by its restore, so its shell ends at its
    * next read and init starts the askfirst shell again.
    */
-  private async openShell(check = 'console shell'): Promise<void> {
+  protected async openShell(check = 'console shell'): Promise<void> {
     const t0 = performance.now();
     const deadline = t0 + this.timeoutS * 1000;
     for (;;) {
@@ -195,7 +201,7 @@ export class XenVerification {
   }
 
   /** dom0 → guest, then guest → dom0 (the address the guest learned from dom0's ping). */
-  private async pings(after: string): Promise<void> {
+  protected async pings(after: string): Promise<void> {
     let t0 = performance.now();
     this.ctx.progress(`ping dom0 → guest${after}`);
     const r = await this.dom0(['ping -c 3 -w 15 "$DOMU_GUEST_ADDRESS" 2>&1 </dev/null']);
@@ -273,12 +279,12 @@ export class XenVerification {
   }
 }
 
-function countMarkers(text: string): number {
+export function countMarkers(text: string): number {
   return text.split('\n').filter((l) => l.trim() === READY_MARKER).length;
 }
 
 /** The last line of a command's output (or the last that matches `prefer`); dom0's kernel messages are not its output. */
-function lastLine(text: string, prefer?: RegExp): string {
+export function lastLine(text: string, prefer?: RegExp): string {
   const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !/^\[\s*\d+\.\d+\]/.test(l));
   return (prefer && lines.filter((l) => prefer.test(l)).pop()) || lines.pop() || '';
 }

@@ -1,13 +1,15 @@
-// A store of its own for a nested Dom0 (`domu verify` on real Xen): the build in --out published
+// A store of its own for a nested Dom0 (`domu verify` and `domu lab` on real Xen): the build in --out published
 // by the real publish code into a scratch directory, then made into an ext4 image (rootless
 // `mke2fs -d`, which copies sparse files as sparse) that QEMU attaches as a disk and dom0 mounts
 // at store.path. The guest then starts from exactly the files, at exactly the relative paths, the
-// shared store gets, through the same checks. --out is only read.
+// shared store gets, through the same checks. --out is only read. With `lun` (store.disk: lun, the
+// lab) the publish writes the image onto that LUN's backing file instead (publish-lun.ts), and the
+// store holds only the boot files and configs.
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { run } from '../core/exec.js';
-import { publish, type PublishOutput } from './publish.js';
+import { publish, type LunTarget, type PublishOutput } from './publish.js';
 
 export interface ScratchStoreInput {
   /** The build (--out). */
@@ -16,6 +18,8 @@ export interface ScratchStoreInput {
   files: string[];
   /** The guest image, relative to outDir. */
   image: string;
+  /** store.disk lun: the image goes onto this LUN (a file the caller made, as big as the image). */
+  lun?: LunTarget | undefined;
   /** Where the scratch directory and the image go (the run's work directory). */
   dir: string;
 }
@@ -43,11 +47,19 @@ export async function makeScratchStore(input: ScratchStoreInput, ctx: StageConte
   const releaseTree = ctx.cleanup.tempPath(tree);
   try {
     const published = await publish(
-      { outDir: input.outDir, store: tree, files: input.files, image: input.image, allowUnmounted: true, lockTimeoutMs: 10_000, command: 'domu verify (scratch store)' },
+      {
+        outDir: input.outDir,
+        store: tree,
+        files: input.files,
+        ...(input.lun ? { lun: { image: input.image, target: input.lun } } : { image: input.image }),
+        allowUnmounted: true,
+        lockTimeoutMs: 10_000,
+        command: 'domu (scratch store)',
+      },
       ctx,
     );
     let apparent = 0;
-    for (const rel of [input.image, ...input.files]) apparent += (await stat(join(tree, rel))).size;
+    for (const rel of [...(input.lun ? [] : [input.image]), ...input.files]) apparent += (await stat(join(tree, rel))).size;
     // Apparent sizes: the image is sparse in the scratch tree and stays sparse in store.img.
     const size = Math.ceil((apparent * 1.1 + SLACK) / MiB) * MiB;
     await rm(image, { force: true });

@@ -12,24 +12,24 @@
 //   usr/lib/modules/<release>/…       the Xen backends, loop, bridge, virtio disk and ext4, with
 //                                     their closure (kmod semantics); load order in etc/domu-dom0/modules
 //   usr/bin/domu-guest-send, usr/bin/domu-guest-log   initramfs/ helpers (no user values in them)
+//   usr/sbin/dropbear, usr/bin/dbclient (+ usr/bin/ssh → dbclient)   dropbear-bin: `xl migrate
+//                                     <guest> <host>` runs `ssh <host> xl migrate-receive` (the lab)
+//   usr/bin/xl → the Xen tool         dropbear's PATH for a command (xl migrate-receive) may lack sbin
+//   etc/passwd, group, shadow, shells root with /bin/sh and home /root (dropbear looks it up)
 // Reproducible: mtime 0, owner 0, sorted (cpio.ts). Cached as `dom0-initramfs/<key>`, the key a
 // hash of every entry (path, type, mode, link target, sha256 of the bytes): a warm hit recomputes
 // the entry list and the key, and writes nothing.
 //
-// The per-run parameters are NOT in it: dom0ParamsArchive() makes a small second gzip cpio with
-// etc/domu-lab/<name> (one value each), and writeDom0Initrd() appends it to a copy of the cached
-// archive (the kernel unpacks concatenated archives in order).
+// The per-run parameters are NOT in it (dom0-params.ts appends them as a second archive).
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { copyFile, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, join, posix } from 'node:path';
-import { gzipSync } from 'node:zlib';
-import { tempPathFor } from '../core/atomic.js';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { DomuError } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import { hashValue, sha256 } from '../core/hash.js';
 import { projectPath } from '../core/paths.js';
-import { cpioArchive, writeCpioGzip, type CpioEntry } from '../fs/cpio.js';
+import { writeCpioGzip, type CpioEntry } from '../fs/cpio.js';
 import { moduleClosure, transitiveDepends } from '../kernel/closure.js';
 import { parseElf } from '../kernel/elf.js';
 import type { KernelPackage } from '../kernel/kernel.js';
@@ -39,16 +39,29 @@ import type { XenPackages } from './xen-packages.js';
 
 export const DOM0_INIT = projectPath('initramfs', 'dom0-init');
 const HELPERS = ['domu-guest-send', 'domu-guest-log'] as const;
-/** Modules of dom0: Xen backends and devices, loop + bridge for the hotplug scripts, the store disk. */
-export const DOM0_MODULES = ['xen-evtchn', 'xen-gntdev', 'xen-gntalloc', 'xen-privcmd', 'xenfs', 'xen-blkback', 'xen-netback', 'loop', 'bridge', 'virtio_pci', 'virtio_blk', 'ext4'] as const;
+/**
+ * Modules of dom0: Xen backends and devices, loop + bridge for the hotplug scripts, the store disk,
+ * the lab's segment NIC, and virtio-rng: without a hardware RNG (qemu64 has no RDRAND) the kernel's
+ * random pool takes 30-60 s under TCG to initialise, and dropbear waits for it before `xl migrate`.
+ */
+export const DOM0_MODULES = ['xen-evtchn', 'xen-gntdev', 'xen-gntalloc', 'xen-privcmd', 'xenfs', 'xen-blkback', 'xen-netback', 'loop', 'bridge', 'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio-rng', 'ext4'] as const;
 /** The tools xl and xencommons use, from usr/lib/xen-<v>/bin. */
 export const XEN_TOOLS = ['xl', 'xenstored', 'xenconsoled', 'xenconsole', 'xen-init-dom0', 'libxl-save-helper'] as const;
 /** GNU programs (and bash) the hotplug scripts need, where Debian puts them. */
 const GNU_TOOLS = { 'bin/bash': 'usr/bin/bash', 'usr/bin/stat': 'usr/bin/stat', 'usr/bin/flock': 'usr/bin/flock', 'sbin/losetup': 'usr/sbin/losetup' } as const;
+/** dropbear-bin: the lab's ssh server and client. */
+const SSH_TOOLS = { 'usr/sbin/dropbear': 'usr/sbin/dropbear', 'usr/bin/dbclient': 'usr/bin/dbclient' } as const;
+/** root for dropbear (getpwnam, getusershell); '*': no password login (keys only). */
+const ACCOUNTS = {
+  'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
+  'etc/shadow': 'root:*:19000:0:99999:7:::\n',
+  'etc/group': 'root:x:0:\n',
+  'etc/shells': '/bin/sh\n/bin/bash\n',
+} as const;
 const LIB_DIRS = ['lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu'];
 const LIB_OUT = 'usr/lib/x86_64-linux-gnu';
 /** Bump when the layout changes without its content changing. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 const CACHE_KIND = 'dom0-initramfs';
 const ARCHIVE = 'dom0-initrd.gz';
 const INFO = 'info.json';
@@ -120,7 +133,7 @@ export async function dom0Entries(ctx: StageContext, xen: XenPackages, kernel: K
   const busybox = await hostFile(root, 'bin/busybox', 'usr/bin/busybox', 'busybox-static');
   entries.push(busybox);
   const elfs: { path: string; data: Buffer }[] = [];
-  for (const [from, to] of Object.entries(GNU_TOOLS)) {
+  for (const [from, to] of Object.entries({ ...GNU_TOOLS, ...SSH_TOOLS })) {
     const e = await hostFile(root, from, to, 'program');
     entries.push(e);
     elfs.push({ path: join(root, from), data: e.data });
@@ -129,6 +142,7 @@ export async function dom0Entries(ctx: StageContext, xen: XenPackages, kernel: K
     const rel = `usr/lib/xen-${v}/bin/${t}`;
     const e = await hostFile(root, rel, rel, 'Xen tool');
     entries.push(e, { type: 'symlink', path: `usr/sbin/${t}`, target: `../lib/xen-${v}/bin/${t}` });
+    if (t === 'xl') entries.push({ type: 'symlink', path: 'usr/bin/xl', target: `../lib/xen-${v}/bin/xl` });
     elfs.push({ path: join(root, rel), data: e.data });
   }
   for (const n of readdirSync(join(root, 'usr/bin')).filter((x) => /^xenstore(-[a-z]+)?$/.test(x)).sort()) {
@@ -137,6 +151,8 @@ export async function dom0Entries(ctx: StageContext, xen: XenPackages, kernel: K
     entries.push(e);
     elfs.push({ path: join(root, 'usr/bin', n), data: e.data });
   }
+  entries.push({ type: 'symlink', path: 'usr/bin/ssh', target: 'dbclient' });
+  for (const [path, text] of Object.entries(ACCOUNTS)) entries.push(fileEntry(path, Buffer.from(text), path === 'etc/shadow' ? 0o600 : 0o644));
   const taken = new Set(entries.map((e) => e.path));
   const applets = (await run(ctx, join(root, 'bin/busybox'), ['--list-full'], { quiet: true })).stdout.split('\n').filter(Boolean);
   for (const a of applets) {
@@ -212,95 +228,4 @@ export async function buildDom0Initramfs(ctx: StageContext, xen: XenPackages, ke
     { log: ctx.log, redo: 'replacing it' },
   );
   return result(dir, false);
-}
-
-/** Per-run values of the dom0, each written to etc/domu-lab/<name> (see initramfs/dom0-init). */
-export interface Dom0Params {
-  hostname: string;
-  /** Bridge name and its IPv4 address/prefix (none: no bridge). */
-  bridge?: { name: string; address?: string | undefined; prefix?: number | undefined } | undefined;
-  /** The store disk inside dom0 (e.g. /dev/vda) and where to mount it (none: no store). */
-  store?: { device: string; path: string } | undefined;
-  /** A domain whose console log dom0 streams onto its console ("G| " lines). */
-  guestName?: string | undefined;
-  /** The guest's own IPv4 address (dom0 pings it). */
-  guestAddress?: string | undefined;
-  /** The guest's domain config, relative to the store path (e.g. xen/test1/busybox.cfg). */
-  guestConfig?: string | undefined;
-  /** The guest's disk image, relative to the store path. */
-  guestImage?: string | undefined;
-  /**
-   * Fixed texts of the caller (never values of the description), as files etc/domu-scripts/<name>:
-   * long scripts read from a file in dom0 instead of being typed on the serial console, whose
-   * input Xen buffers in 128 bytes.
-   */
-  scripts?: Record<string, string> | undefined;
-}
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
-const RELATIVE = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
-
-const PARAM_CHECKS: Record<string, [RegExp, string]> = {
-  hostname: [/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/, 'letters, digits, "." and "-", at most 63'],
-  bridge: [/^[A-Za-z0-9_.-]{1,15}$/, 'a network interface name: letters, digits, "_", "." and "-", at most 15'],
-  address: [IPV4, 'a dotted IPv4 address'],
-  prefix: [/^([0-9]|[12][0-9]|3[0-2])$/, 'a prefix length 0..32'],
-  store_device: [/^\/dev\/[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*$/, 'a device path such as /dev/vda'],
-  store_path: [/^(\/[A-Za-z0-9_.-]+)+$/, 'an absolute path of letters, digits, "_", "." and "-"'],
-  guest_name: [/^[A-Za-z0-9_.-]{1,64}$/, 'a domain name: letters, digits, "_", "." and "-"'],
-  guest_address: [IPV4, 'a dotted IPv4 address'],
-  guest_config: [RELATIVE, 'a relative path of letters, digits, "_", "." and "-"'],
-  guest_image: [RELATIVE, 'a relative path of letters, digits, "_", "." and "-"'],
-};
-
-/** The parameter files, each value checked (one line naming the bad one otherwise). */
-export function dom0ParamFiles(p: Dom0Params): Record<string, string> {
-  const files: Record<string, string | undefined> = {
-    hostname: p.hostname,
-    bridge: p.bridge?.name,
-    address: p.bridge?.address,
-    prefix: p.bridge?.prefix === undefined ? undefined : String(p.bridge.prefix),
-    store_device: p.store?.device,
-    store_path: p.store?.path,
-    guest_name: p.guestName,
-    guest_address: p.guestAddress,
-    guest_config: p.guestConfig,
-    guest_image: p.guestImage,
-  };
-  const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(files)) {
-    if (value === undefined) continue;
-    const [re, what] = PARAM_CHECKS[name]!;
-    if (!re.test(value) || (/^(store_path|guest_config|guest_image)$/.test(name) && value.split('/').some((c) => c === '.' || c === '..'))) {
-      throw new DomuError(`dom0 parameter ${name} ${JSON.stringify(value)} is not ${what}`, { hint: 'fix the value in the inventory or the caller' });
-    }
-    out[name] = `${value}\n`;
-  }
-  return out;
-}
-
-/** The small gzip cpio with etc/domu-lab/<name> files, appended after the cached ramdisk. */
-export async function dom0ParamsArchive(p: Dom0Params): Promise<Buffer> {
-  const entries: CpioEntry[] = Object.entries(dom0ParamFiles(p)).map(([n, v]) => ({ type: 'file', path: `etc/domu-lab/${n}`, mode: 0o644, data: Buffer.from(v) }));
-  for (const [n, text] of Object.entries(p.scripts ?? {})) {
-    if (!/^[a-z0-9-]+$/.test(n)) throw new Error(`dom0 script name ${JSON.stringify(n)}: [a-z0-9-] only`);
-    entries.push({ type: 'file', path: `etc/domu-scripts/${n}`, mode: 0o644, data: Buffer.from(text) });
-  }
-  return gzipSync(await cpioArchive(entries, { mtime: 0 }), { level: 9 });
-}
-
-/** The dom0's initrd for one run at `output`: the cached ramdisk, then the parameter archive. */
-export async function writeDom0Initrd(ctx: StageContext, initramfs: Dom0Initramfs, params: Dom0Params, output: string): Promise<void> {
-  const extra = await dom0ParamsArchive(params);
-  const tmp = tempPathFor(output);
-  const release = ctx.cleanup.tempPath(tmp);
-  try {
-    await copyFile(initramfs.path, tmp);
-    await writeFile(tmp, extra, { flag: 'a' });
-    await rename(tmp, output);
-  } finally {
-    await rm(tmp, { force: true });
-    release();
-  }
-  ctx.log.debug(`dom0 initrd ${output}: ${initramfs.path} + parameters (${Object.keys(dom0ParamFiles(params)).join(', ')}) in ${dirname(output)}`);
 }

@@ -20,5 +20,10 @@ export const GUEST_LUN = 2;
 
 /** The by-path device name of the guest's LUN, as udev names it on every Dom0. */
 export function lunDevicePath(desc: { store: { server: string; iqn: string } }): string {
-  return `/dev/disk/by-path/ip-${desc.store.server}:${ISCSI_PORT}-iscsi-${desc.store.iqn}-lun-${GUEST_LUN}`;
+  return lunByPath(desc, GUEST_LUN);
+}
+
+/** The by-path name of LUN `lun` of the store's target (LUN 1: the store's file system). */
+export function lunByPath(desc: { store: { server: string; iqn: string } }, lun: number): string {
+  return `/dev/disk/by-path/ip-${desc.store.server}:${ISCSI_PORT}-iscsi-${desc.store.iqn}-lun-${lun}`;
 }

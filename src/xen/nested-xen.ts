@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { abortError, DomuError } from '../core/errors.js';
 import { fetchKernelPackage, type KernelPackage } from '../kernel/kernel.js';
-import { buildDom0Initramfs, writeDom0Initrd, type Dom0Initramfs, type Dom0Params } from './dom0-initramfs.js';
+import { buildDom0Initramfs, type Dom0Initramfs } from './dom0-initramfs.js';
+import { writeDom0Initrd, type Dom0Params } from './dom0-params.js';
 import { GuestWaitError, multibootModules, QemuGuest, type QemuSpec } from './qemu.js';
 import { fetchXenPackages, type XenPackages } from './xen-packages.js';
 
@@ -49,6 +50,19 @@ export interface XenHostSpec extends XenHostParts {
   storeImage?: string | undefined;
   /** Write the store image for real; otherwise QEMU runs with -snapshot and it stays unchanged. */
   storeWritable?: boolean;
+  /**
+   * Shared disks (the lab's iSCSI LUNs through QEMU's own iSCSI client, iscsi://…): virtio disks
+   * with these serials, always written for real (no -snapshot: the other host shares them).
+   */
+  sharedDisks?: readonly { url: string; serial: string }[] | undefined;
+  /**
+   * A NIC on a private Ethernet segment with one other QEMU: one TCP connection between the two
+   * QEMU processes on 127.0.0.1 (`-netdev stream`; the `listen` side must be started first).
+   * Nothing else is on it and nothing of it reaches the host's network. Not `dgram`: UDP between
+   * two busy TCG processes drops frames, and the dom0s' TCP then crawls (a live migration over it
+   * took minutes).
+   */
+  segment?: { mac: string; port: number; role: 'listen' | 'connect' } | undefined;
   /** Seconds from QEMU's start to the ready marker. */
   readyTimeoutS: number;
   /** Where the console log and the run's initrd go (default <workDir>/xen). */
@@ -74,6 +88,23 @@ export function splitConsole(text: string): ConsoleLines {
     else out.dom0.push(line);
   }
   return out;
+}
+
+/** -drive/-device pairs: a virtio disk per shared disk, its serial what dom0-init links by. */
+export function sharedDiskArgs(disks: readonly { url: string; serial: string }[]): string[] {
+  return disks.flatMap((d, i) => {
+    if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.serial)) throw new DomuError(`shared disk serial ${JSON.stringify(d.serial)}: letters, digits, "_" and "-", at most 20`);
+    return ['-drive', `file=${d.url.replace(/,/g, ',,')},format=raw,if=none,id=shared${i}`, '-device', `virtio-blk-pci,drive=shared${i},serial=${d.serial}`];
+  });
+}
+
+/** The segment NIC: `-netdev stream` over 127.0.0.1:<port>, a virtio NIC with the host's MAC. */
+export function segmentArgs(seg: XenHostSpec['segment']): string[] {
+  if (!seg) return [];
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(seg.mac)) throw new DomuError(`segment MAC ${JSON.stringify(seg.mac)} is not a MAC address`);
+  if (!Number.isInteger(seg.port) || seg.port < 1 || seg.port > 65535) throw new DomuError(`segment port ${seg.port} is not a TCP port`);
+  const net = `stream,id=segment,server=${seg.role === 'listen' ? 'on' : 'off'},addr.type=inet,addr.host=127.0.0.1,addr.port=${seg.port}`;
+  return ['-netdev', net, '-device', `virtio-net-pci,netdev=segment,mac=${seg.mac.toLowerCase()}`];
 }
 
 /** Xen's command line (facts.md): console on com1, dom0 fixed at `dom0MiB`, one vCPU, no reboot. */
@@ -120,9 +151,10 @@ export class XenHost {
       initrd: multibootModules([{ file: spec.kernel.image, args: DOM0_KERNEL_ARGS }, { file: initrd }]),
       memoryMiB: spec.memoryMiB ?? 2048,
       disks: spec.storeImage ? [spec.storeImage] : [],
-      writable: spec.storeWritable ?? false,
+      writable: (spec.storeWritable ?? false) || !!spec.sharedDisks?.length,
       logFile: join(dir, 'console.log'),
-      extraArgs: ['-machine', 'pc', '-nic', 'none'],
+      // virtio-rng: entropy for dom0 from the host (dom0-initramfs.ts, DOM0_MODULES).
+      extraArgs: ['-machine', 'pc', '-nic', 'none', '-device', 'virtio-rng-pci', ...sharedDiskArgs(spec.sharedDisks ?? []), ...segmentArgs(spec.segment)],
     };
     ctx.log.info(`xen: starting ${spec.xen.package} ${spec.xen.version} under QEMU (TCG, ${XEN_CPU}), dom0 ${spec.kernel.release} with ${dom0MiB} MiB${spec.storeImage ? `, store ${spec.storeImage}${qspec.writable ? '' : ' (snapshot)'}` : ''}; console in ${qspec.logFile}`);
     const qemu = await QemuGuest.start(ctx, qspec);

@@ -1,7 +1,8 @@
 // The packages of the nested Xen host (facts.md, "Real Xen nested in QEMU"), from Debian's archive
 // and nothing from this machine: Debian's hypervisor, its tools (xl, xenstored, xenconsoled, the
 // hotplug scripts) and, for a dom0 that does not depend on the host distribution, busybox-static,
-// bash, coreutils (stat), util-linux (flock), mount (losetup), libc6 and libgcc-s1, with every library
+// bash, coreutils (stat), util-linux (flock), mount (losetup), libc6, libgcc-s1 and dropbear-bin (the
+// lab's ssh, for `xl migrate`), with every library
 // package they depend on. `apt-get download` through the private apt configuration + `dpkg-deb -x`
 // into ONE cache entry `xen-packages/<hypervisor>_<version>-<hash of every package and version>`
 // (fetchDebsIntoCache: index-verified, memoised 24 h). Nothing is installed.
@@ -26,7 +27,7 @@ import { DEBS_RECORD, fetchDebsIntoCache, type Deb } from '../kernel/kernel.js';
 export const XEN_META_PACKAGE = 'xen-system-amd64';
 const HYPERVISOR_RE = /^xen-hypervisor-(\d+\.\d+)-amd64$/;
 /** What the dom0 needs besides the hypervisor and xen-utils-<major>.<minor>. */
-export const DOM0_PACKAGES = ['xen-utils-common', 'xenstore-utils', 'busybox-static', 'bash', 'coreutils', 'util-linux', 'mount', 'libc6', 'libgcc-s1'] as const;
+export const DOM0_PACKAGES = ['xen-utils-common', 'xenstore-utils', 'busybox-static', 'bash', 'coreutils', 'util-linux', 'mount', 'libc6', 'libgcc-s1', 'dropbear-bin'] as const;
 const CACHE_KIND = 'xen-packages';
 
 export interface XenPackages {

@@ -2,7 +2,7 @@
 // command line, the per-run parameter files and their archive, the console split.
 import { gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { dom0ParamFiles, dom0ParamsArchive } from '../../src/xen/dom0-initramfs.js';
+import { dom0ParamFiles, dom0ParamsArchive } from '../../src/xen/dom0-params.js';
 import { splitConsole, xenArgs } from '../../src/xen/nested-xen.js';
 import { multibootModules, qemuArgs } from '../../src/xen/qemu.js';
 import { xenFromMeta } from '../../src/xen/xen-packages.js';
@@ -36,7 +36,7 @@ describe('qemuArgs for Xen', () => {
 describe('dom0 parameters', () => {
   const good = { hostname: 'xenhost1', bridge: { name: 'xenbr0', address: '172.16.31.1', prefix: 16 }, store: { device: '/dev/vda', path: '/scsistore' }, guestName: 'busybox' };
   it('are one value per file', () => {
-    expect(dom0ParamFiles(good)).toEqual({ hostname: 'xenhost1\n', bridge: 'xenbr0\n', address: '172.16.31.1\n', prefix: '16\n', store_device: '/dev/vda\n', store_path: '/scsistore\n', guest_name: 'busybox\n' });
+    expect(dom0ParamFiles(good)).toEqual({ hostname: 'xenhost1\n', bridge: 'xenbr0\n', address: '172.16.31.1\n', prefix: '16\n', store_device: '/dev/vda\n', store_path: '/scsistore\n', store_options: 'rw\n', guest_name: 'busybox\n' });
     expect(dom0ParamFiles({ hostname: 'h' })).toEqual({ hostname: 'h\n' });
   });
   it.each([
@@ -47,8 +47,32 @@ describe('dom0 parameters', () => {
     ['store_path', { ...good, store: { device: '/dev/vda', path: 'relative' } }],
     ['guest_name', { ...good, guestName: '$(x)' }],
     ['prefix', { ...good, bridge: { name: 'b', address: '1.2.3.4', prefix: 33 } }],
+    ['nic', { ...good, bridge: { name: 'xenbr0', nic: 'eth0 up' } }],
+    ['store_device', { ...good, store: { device: '/dev/disk/../../etc/passwd', path: '/scsistore' } }],
+    ['store_device', { ...good, store: { device: '/dev/disk/by-path/a b', path: '/scsistore' } }],
+    ['peer_address', { ...good, peerAddress: '172.16.31.2; reboot' }],
+    ['disk_links', { ...good, diskLinks: [{ serial: 'lun-1', path: '/etc/passwd' }] }],
+    ['disk_links', { ...good, diskLinks: [{ serial: 'lun 1', path: '/dev/disk/x' }] }],
   ])('refuse a bad %s in one line', (name, p) => {
     expect(() => dom0ParamFiles(p)).toThrow(new RegExp(`^dom0 parameter ${name} `));
+  });
+  it("take the lab's by-path LUN links, a read-only or deferred store mount and a peer", () => {
+    const byPath = '/dev/disk/by-path/ip-172.16.31.3:3260-iscsi-iqn.2015-02.com.stu31:t1-lun-1';
+    const f = dom0ParamFiles({ ...good, bridge: { ...good.bridge, nic: 'eth0' }, diskLinks: [{ serial: 'lun-1', path: byPath }], store: { device: byPath, path: '/scsistore', mount: 'ro' }, peerAddress: '172.16.31.2' });
+    expect(f).toMatchObject({ nic: 'eth0\n', disk_links: `lun-1 ${byPath}\n`, store_device: `${byPath}\n`, store_options: 'ro\n', peer_address: '172.16.31.2\n' });
+    expect(dom0ParamFiles({ ...good, store: { device: byPath, path: '/scsistore', mount: 'off' } }).store_options).toBe('off\n');
+  });
+  it('put the ssh keys where dropbear looks, private ones mode 0600, and need an address to listen on', async () => {
+    const ssh = { hostKey: Buffer.from('HOSTKEY'), clientKey: Buffer.from('CLIENTKEY'), authorizedKeys: 'ssh-ed25519 AAAA\n', knownHosts: '172.16.31.2 ssh-ed25519 BBBB\n' };
+    const cpio = gunzipSync(await dom0ParamsArchive({ ...good, ssh })).toString('latin1');
+    for (const [path, mode] of [['etc/dropbear/dropbear_ed25519_host_key', 0o100600], ['root/.ssh/id_dropbear', 0o100600], ['root/.ssh/authorized_keys', 0o100600], ['root/.ssh/known_hosts', 0o100644], ['root/.ssh', 0o40700]] as const) {
+      const at = cpio.indexOf(`${path}\0`);
+      expect(at, path).toBeGreaterThan(0);
+      // newc header: 110 bytes before the name; c_mode is the second 8-hex field (offset 14).
+      const header = cpio.slice(cpio.lastIndexOf('070701', at), at);
+      expect(parseInt(header.slice(14, 22), 16), path).toBe(mode);
+    }
+    expect(() => dom0ParamFiles({ hostname: 'h', ssh })).toThrow(/needs the bridge address/);
   });
   it('go into a small gzip cpio under etc/domu-lab, the same bytes every time', async () => {
     const a = await dom0ParamsArchive(good);

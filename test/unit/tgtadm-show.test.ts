@@ -48,6 +48,7 @@ describe('parseTgtadmShow', () => {
   it('tgtadm shows sizes in decimal megabytes, rounded down', () => {
     expect(tgtadmShownMB(64 * 1024 ** 2)).toBe(67);
     expect(tgtadmShownMB(100_000_256)).toBe(100);
-    expect(tgtadmShownMB(999_999)).toBe(0);
+    expect(tgtadmShownMB(1024 ** 3)).toBe(1074); // seen on the lab's 1 GiB guest LUN
+    expect(tgtadmShownMB(1_293_942_784)).toBe(1294);
   });
 });

@@ -18,7 +18,7 @@ import { XenVerification } from '../../stages/verify-xen.js';
 import { fetchKernelPackage } from '../../kernel/kernel.js';
 import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
 import { liveMigrationProblem } from '../../xen/hypervisor.js';
-import { dom0ParamFiles } from '../../xen/dom0-initramfs.js';
+import { dom0ParamFiles } from '../../xen/dom0-params.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
 import type { Plan } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
