@@ -1,4 +1,4 @@
-// Benchmark runner: `npm run bench` (node --import tsx bench/run.ts [extract|compile|image|closure|configs|build|release|verify|busybox-1.22.1|startup|xen ...]).
+// Benchmark runner: `npm run bench` (node --import tsx bench/run.ts [extract|compile|image|closure|configs|build|release|verify|busybox-1.22.1|startup|xen|lab ...]).
 // BENCH_RUNS sets the number of extraction runs; BENCH_DIR=/dev/shm measures extraction on tmpfs.
 // Each benchmark prints its figures and a verdict against the target named in its issue.
 import { getBusyboxTarball } from '../test/helpers/busybox-tarball.js';
@@ -13,6 +13,7 @@ import { reportReleaseBench } from './release.js';
 import { reportBusybox1221Bench } from './busybox-1.22.1.js';
 import { reportStartupBench } from './startup.js';
 import { reportXenBench } from './xen.js';
+import { reportLabBench } from './lab.js';
 
 const row = (name: string, s: number, ratio: number) =>
   `| ${name.padEnd(28)} | ${s.toFixed(3).padStart(8)} | ${Number.isFinite(ratio) ? ratio.toFixed(2).padStart(8) : '       -'} |`;
@@ -43,7 +44,7 @@ async function compile(tarball: string): Promise<void> {
   console.log(`target: cold <= 1.05 x shell: ${r.ratio <= 1.05 ? 'met' : 'NOT met'} (${r.ratio.toFixed(3)}); cached <= 0.5 s: ${r.cachedS <= 0.5 ? 'met' : 'NOT met'} (${r.cachedS.toFixed(3)} s)\n`);
 }
 
-const BENCHES: Record<string, (tarball: string) => Promise<void>> = { extract, compile, image: () => reportImageBench(), closure: () => reportClosureBench(), configs: () => reportConfigsBench(), build: () => reportBuildBench(), release: () => reportReleaseBench(), verify: (tarball) => reportVerifyBench(tarball), 'busybox-1.22.1': () => reportBusybox1221Bench(), startup: () => reportStartupBench(), xen: () => reportXenBench() };
+const BENCHES: Record<string, (tarball: string) => Promise<void>> = { extract, compile, image: () => reportImageBench(), closure: () => reportClosureBench(), configs: () => reportConfigsBench(), build: () => reportBuildBench(), release: () => reportReleaseBench(), verify: (tarball) => reportVerifyBench(tarball), 'busybox-1.22.1': () => reportBusybox1221Bench(), startup: () => reportStartupBench(), xen: () => reportXenBench(), lab: () => reportLabBench() };
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2).filter((a) => a in BENCHES);
