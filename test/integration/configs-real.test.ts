@@ -71,6 +71,19 @@ describe('xl parses every generated domain config', () => {
     }
   });
 
+  it('store.disk lun: the disk is the guest LUN by its by-path name, the same on every host, and xl takes it as a raw rw disk', async () => {
+    const desc = loadDescription({ text: 'store:\n  disk: lun\n' });
+    const configs = await renderTo('ref-xl-lun', desc);
+    expect([...configs.keys()]).toEqual(['test1', 'test2']);
+    for (const [host, cfg] of configs) {
+      const r = await xl.parse(cfg);
+      expect(r.ok, `${host}: ${r.stderr}`).toBe(true);
+      expect(r.stderr, host).not.toMatch(/warning/i);
+      expect(r.json.disks).toHaveLength(1);
+      expect(r.json.disks[0], host).toMatchObject({ vdev: 'xvda', pdev_path: '/dev/disk/by-path/ip-172.16.31.3:3260-iscsi-iqn.2015-02.com.stu31:t1-lun-2', format: 'raw', readwrite: 1 });
+    }
+  });
+
   it('xen.type pv: the same domain as PV', async () => {
     const desc = loadDescription({ text: 'xen:\n  type: pv\n' });
     for (const [host, cfg] of await renderTo('ref-xl-pv', desc)) {
