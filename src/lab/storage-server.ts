@@ -79,7 +79,7 @@ export async function startStorageServer(spec: StorageServerSpec, ctx: TgtdEnv):
   }
   const tgtd = started;
   ctx.log.info(`lab storage server: ${lab.iqn} on ${tgtd.portal}, ${luns.map((l) => `LUN ${l.lun} ${l.path}`).join(', ')}`);
-  for (const c of lab.changes) ctx.log.info(c);
+  // The changes are the caller's to report (domu lab prints each as a warning).
   return {
     portal: tgtd.portal,
     port: tgtd.port,

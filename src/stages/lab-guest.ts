@@ -154,6 +154,19 @@ export class LabGuest extends XenVerification {
     for (const c of checks) await this.must(c.name, c.ok, c.detail, t0);
   }
 
+  /**
+   * Both dom0s flush and unmount the store, as an administrator shuts a Dom0 down: with store.disk
+   * file the guest's last writes went through the dom0's loop device into the store's page cache,
+   * which reaches the LUN only when it is written back.
+   */
+  async releaseStore(): Promise<void> {
+    for (const h of this.hosts) {
+      const t0 = performance.now();
+      const r = await this.dom0(['sync; M=; while read -r MDEV MDIR MREST; do [ "$MDIR" = "$DOMU_STORE" ] && M=1; done < /proc/mounts; if [ -n "$M" ]; then umount "$DOMU_STORE" 2>&1 && echo "unmounted"; else echo "not mounted"; fi </dev/null'], h.host);
+      await this.must(`store released on ${h.name}`, r.status === 0, lastLine(r.out) || `exit ${r.status}`, t0);
+    }
+  }
+
   /** Run dom0 commands on host `i` (fixed text; values come from its parameter files). */
   async on0(i: 0 | 1, lines: string[]): Promise<{ out: string; status: number }> {
     return this.dom0(lines, this.hosts[i].host);

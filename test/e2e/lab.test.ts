@@ -6,7 +6,7 @@
 //                    holding the last file the guest wrote
 //   store.disk file  (the default) boots on each host in turn, the file from test1 read on test2
 // Both leave --out untouched and no QEMU or tgtd behind. Bad input is exit 2 before anything runs.
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { which } from '../../src/core/exec.js';
@@ -14,19 +14,13 @@ import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu, domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { qemusFor } from '../helpers/qemu-processes.js';
-import { buildXenGuest, identities } from '../helpers/xen-guest.js';
+import { buildXenGuest, identities, type Check } from '../helpers/xen-guest.js';
 
 const needs = [['qemu-system-x86_64', 'qemu-system-x86'], ['tgtd', 'tgt']] as const;
 const missingTools: string[] = [];
 for (const [tool, pkg] of needs) if (!(await which(tool))) missingTools.push(`${tool} (Debian package ${pkg})`);
 const missing = missingTools.length ? `not found: ${missingTools.join(', ')}; scripts/setup.sh installs them` : undefined;
 if (missing) console.warn(`lab: SKIPPING: ${missing}`);
-
-interface Check {
-  name: string;
-  ok: boolean;
-  detail: string;
-}
 
 let dir: string;
 beforeAll(async () => {
@@ -94,7 +88,8 @@ describe.skipIf(missing)('domu lab', () => {
       // The storage server served the generated file, changed only where the lab must (said why).
       const storage = stage(s, 'storage').outputs as { luns: { lun: number; size: number }[]; changes: string[]; targetsConf: string };
       expect(storage.luns.map((l) => l.lun)).toEqual([1, 2]);
-      expect(storage.luns[1]!.size).toBe((await readFile(join(out, 'busybox.img'))).length === 0 ? -1 : storage.luns[1]!.size);
+      // LUN 2 holds the image published onto it: exactly the image's size, as the build made it.
+      expect(storage.luns[1]!.size).toBe((await stat(join(out, 'busybox.img'))).size);
       expect(storage.changes.join('\n')).toMatch(/initiator-address 172\.16\.31\.0\/24 → 127\.0\.0\.1/);
       expect(r.stderr).toMatch(/lab: targets\.conf: initiator-address/);
       // The migration ran as MIGRATION.md says, to test2's inventory address, and the guest paused.

@@ -14,16 +14,10 @@ import type { BuildRecord } from '../../src/model/buildrecord.js';
 import { domu, domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { qemusFor } from '../helpers/qemu-processes.js';
-import { buildXenGuest, identities, XEN_TEST_TIMEOUT } from '../helpers/xen-guest.js';
+import { buildXenGuest, identities, XEN_TEST_TIMEOUT, type Check } from '../helpers/xen-guest.js';
 
 const missing = (await which('qemu-system-x86_64')) ? undefined : 'qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86; scripts/setup.sh does it)';
 if (missing) console.warn(`verify-xen: SKIPPING: ${missing}`);
-
-interface Check {
-  name: string;
-  ok: boolean;
-  detail: string;
-}
 
 let dir: string;
 

@@ -36,5 +36,12 @@ export async function identities(dir: string): Promise<Record<string, string>> {
   return out;
 }
 
+/** One check of a Xen run's JSON summary (domu verify, domu lab). */
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
 /** A phase timeout for tests: generous, since two test files may run nested Xens at once. */
 export const XEN_TEST_TIMEOUT = ['--timeout', '300'];

@@ -178,6 +178,7 @@ export function planLab(out: string, record: BuildRecord, timeoutS: number): Pla
         const g = guest();
         const from = g.checks.length;
         await g.powerOff();
+        await g.releaseStore();
         await Promise.all(run.hosts.map((h) => h.stop()));
         await run.storage!.stop();
         const r = await checkLabDisk(ctx, lun ? { lun: run.guestLun! } : { store: run.store!.image, image: record.image.path, dir: dir(ctx) }, { path: GUEST_FILE, expect: g.lastWritten });
