@@ -4,7 +4,7 @@
 // host key known (no prompt, no `-y`). dropbear (from the Debian packages of the nested Xen host)
 // makes them: `dropbearkey` run through the packages' own dynamic loader and libraries, so
 // nothing of this machine's is needed. Made fresh for every lab run, in its scratch directory.
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageContext } from '../core/context.js';
 import { DomuError } from '../core/errors.js';
@@ -26,11 +26,18 @@ async function dropbearkey(ctx: StageContext, xen: XenPackages, args: string[]):
 
 /** A new ed25519 key: the private key file (dropbear format) and its public line. */
 async function newKey(ctx: StageContext, xen: XenPackages, file: string): Promise<{ key: Buffer; publicLine: string }> {
-  await dropbearkey(ctx, xen, ['-t', 'ed25519', '-f', file]);
-  const out = await dropbearkey(ctx, xen, ['-y', '-f', file]);
-  const publicLine = out.split('\n').find((l) => l.startsWith('ssh-ed25519 '));
-  if (!publicLine) throw new DomuError(`dropbearkey -y -f ${file} printed no ssh-ed25519 public key`);
-  return { key: await readFile(file), publicLine: publicLine.trim() };
+  // The key goes to the dom0s as data; its file is only dropbearkey's way of handing it over.
+  const release = ctx.cleanup.tempPath(file);
+  try {
+    await dropbearkey(ctx, xen, ['-t', 'ed25519', '-f', file]);
+    const out = await dropbearkey(ctx, xen, ['-y', '-f', file]);
+    const publicLine = out.split('\n').find((l) => l.startsWith('ssh-ed25519 '));
+    if (!publicLine) throw new DomuError(`dropbearkey -y -f ${file} printed no ssh-ed25519 public key`);
+    return { key: await readFile(file), publicLine: publicLine.trim() };
+  } finally {
+    await rm(file, { force: true });
+    release();
+  }
 }
 
 /**
@@ -43,6 +50,6 @@ export async function makeLabSshKeys(ctx: StageContext, xen: XenPackages, dir: s
   for (const h of hosts) hostKeys.push(await newKey(ctx, xen, join(dir, `host-${h.name}.key`)));
   // known_hosts: "<address> <type> <base64>" (the comment of the public line dropped).
   const knownHosts = hosts.map((h, i) => `${h.address} ${hostKeys[i]!.publicLine.split(' ').slice(0, 2).join(' ')}\n`).join('');
-  ctx.log.info(`lab: ssh keys made in ${dir} (a root key and ${hosts.length} host keys, ed25519)`);
+  ctx.log.info(`lab: ssh keys made (a root key and ${hosts.length} host keys, ed25519; passed to the dom0s as data, no copy kept)`);
   return hosts.map((_, i) => ({ hostKey: hostKeys[i]!.key, clientKey: client.key, authorizedKeys: `${client.publicLine}\n`, knownHosts }));
 }

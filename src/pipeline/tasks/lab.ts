@@ -12,7 +12,7 @@
 //                 started there from test2's config and its file from test1 read back
 //   disk          poweroff; QEMU and tgtd stopped; e2fsck -fn of the guest's disk as the storage
 //                 server holds it, and the last file written read from it (debugfs)
-import { mkdir, open, readFile, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { StageContext } from '../../core/context.js';
 import { errorMessage, InputError } from '../../core/errors.js';
@@ -100,8 +100,8 @@ export function planLab(out: string, record: BuildRecord, timeoutS: number): Pla
         ctx.progress('publishing the build into the store (and onto the guest LUN)');
         if (lun) {
           run.guestLun = join(dir(ctx), `guest-lun${GUEST_LUN}.img`);
-          const fh = await open(run.guestLun, 'w');
           ctx.cleanup.tempPath(run.guestLun);
+          const fh = await open(run.guestLun, 'w');
           await fh.truncate((await stat(join(out, record.image.path))).size);
           await fh.close();
         }
@@ -184,6 +184,7 @@ export function planLab(out: string, record: BuildRecord, timeoutS: number): Pla
         const r = await checkLabDisk(ctx, lun ? { lun: run.guestLun! } : { store: run.store!.image, image: record.image.path, dir: dir(ctx) }, { path: GUEST_FILE, expect: g.lastWritten });
         await g.recordDisk(r.checks);
         await run.store!.dispose();
+        if (run.guestLun) await rm(run.guestLun, { force: true });
         return { cacheHit: false, note: `${g.checks.length} checks passed`, outputs: { checks: checksOf(from), all: g.checks } };
       },
     },
