@@ -117,6 +117,7 @@ export class LabGuest extends XenVerification {
     await this.must(`file on ${dst.name}`, a.file === this.written, `${GUEST_FILE}: ${a.file || '(unreadable)'}${a.file === this.written ? ' (written before the move)' : `, expected ${this.written}`}`, t0);
     await this.writeAgain(`on ${dst.name}`);
     if (this.expect.address !== undefined) {
+      await this.must(`address on ${dst.name}`, a.addresses.includes(this.expect.address), `eth0: ${a.addresses.join(', ') || 'no IPv4 address'} (configured ${this.expect.address})`, t0);
       await this.pingFrom(0, ` (guest on ${dst.name})`);
       const home = a.pinged.find((p) => p.address === this.expect.dom0Address);
       await this.must(`ping guest → ${this.hosts[0].name} (guest on ${dst.name})`, home?.status === 0, home ? `ping ${home.address}: exit ${home.status}` : `${this.expect.dom0Address} is not in the guest's ARP table`, t0);

@@ -44,7 +44,13 @@ export const GUEST_SCRIPTS = {
   'guest-hb-start': ['( while :; do read -r U I < /proc/uptime; echo "$P hb $U"; usleep 200000; done ) & H=$!'],
   'guest-hb-stop': ['kill $H; echo "$P hb-stopped"'],
   /** After a migration or restore: the same guest? (uptime, its file, a fresh ping). */
-  'guest-after': ['read -r U I < /proc/uptime; echo "$P uptime $U"', `read -r F < ${GUEST_FILE}; echo "$P file $F"`, ...PING_LINES, 'echo "$P end"'],
+  'guest-after': [
+    'read -r U I < /proc/uptime; echo "$P uptime $U"',
+    `read -r F < ${GUEST_FILE}; echo "$P file $F"`,
+    'ip -4 addr show dev eth0 2>&1 | while read -r L; do echo "$P ip $L"; done',
+    ...PING_LINES,
+    'echo "$P end"',
+  ],
   'guest-poweroff': ['poweroff'],
 } as const;
 
@@ -100,11 +106,15 @@ export function parsePings(text: string): PingResult {
   return { pinged };
 }
 
-export function parseAfter(text: string): { uptime: number; file: string } & PingResult {
-  const r = { uptime: NaN, file: '', ...parsePings(text) };
+export function parseAfter(text: string): { uptime: number; file: string; addresses: string[] } & PingResult {
+  const r = { uptime: NaN, file: '', addresses: [] as string[], ...parsePings(text) };
   for (const { kind, words } of answers(text, GUEST_TAG)) {
     if (kind === 'uptime') r.uptime = Number(words[0]);
     else if (kind === 'file') r.file = words[0] ?? '';
+    else if (kind === 'ip') {
+      const inet = /^inet\s+(\d+\.\d+\.\d+\.\d+\/\d+)/.exec(words.join(' '));
+      if (inet) r.addresses.push(inet[1]!);
+    }
   }
   return r;
 }

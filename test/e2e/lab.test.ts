@@ -72,6 +72,7 @@ describe.skipIf(missing)('domu lab', () => {
         'gone from test1',
         'same guest on test2',
         'file on test2',
+        'address on test2',
         'file written on test2',
         'ping test1 → guest, across the segment (guest on test2)',
         'ping guest → test1 (guest on test2)',
@@ -101,6 +102,7 @@ describe.skipIf(missing)('domu lab', () => {
       expect([back.from, back.to]).toEqual(['test2', 'test1']);
       expect(checks.find((c) => c.name === 'xl migrate test1 → test2')!.detail).toMatch(/Migration successful/);
       expect(checks.find((c) => c.name === 'address')!.detail).toMatch(/172\.16\.31\.4\/16/);
+      expect(checks.find((c) => c.name === 'address on test2')!.detail).toMatch(/^eth0: 172\.16\.31\.4\/16 /);
       expect(await identities(out)).toEqual(before);
       expect(await qemusFor(out)).toEqual([]);
       expect(await tgtdsUnder(TEST_CACHE_DIR)).toEqual([]);

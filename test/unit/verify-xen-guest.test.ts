@@ -59,9 +59,10 @@ describe('pings, the written file, the state after a move', () => {
     expect(parseWritten(lines('wrote 0f8c2a4e-3b1d-4c55-9a77-2a6d1f0e9b10'))).toBe('0f8c2a4e-3b1d-4c55-9a77-2a6d1f0e9b10');
     expect(parseWritten(lines('wrote-failed'))).toBeUndefined();
   });
-  it('reads uptime and the file after the move', () => {
-    const a = parseAfter(lines('uptime 61.02', 'file 0f8c2a4e', 'ping 172.16.31.1 0', 'end'));
-    expect(a).toEqual({ uptime: 61.02, file: '0f8c2a4e', pinged: [{ address: '172.16.31.1', status: 0 }] });
+  it('reads uptime, the file and the address after the move', () => {
+    const a = parseAfter(lines('uptime 61.02', 'file 0f8c2a4e', '2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc pfifo_fast qlen 1000'.replace(/^/, 'ip '), 'ip inet 172.16.31.4/16 scope global eth0', 'ip valid_lft forever preferred_lft forever', 'ping 172.16.31.1 0', 'end'));
+    expect(a).toEqual({ uptime: 61.02, file: '0f8c2a4e', addresses: ['172.16.31.4/16'], pinged: [{ address: '172.16.31.1', status: 0 }] });
+    expect(parseAfter(lines('uptime 1', 'ip ip: can\'t find device \'eth0\'', 'end')).addresses).toEqual([]);
   });
 });
 
