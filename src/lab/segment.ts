@@ -7,14 +7,29 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DomuError } from '../core/errors.js';
 
 const LISTEN = '0A';
+const ESTABLISHED = '01';
 
-/** Whether something listens on 127.0.0.1:`port` (IPv4), from /proc/net/tcp. */
-export function listensOn(procNetTcp: string, port: number): boolean {
+/** Sockets of 127.0.0.1:`port` (IPv4, local end) in /proc/net/tcp, with their states (hex). */
+function statesOn(procNetTcp: string, port: number): string[] {
   const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return procNetTcp.split('\n').some((line) => {
-    const f = line.trim().split(/\s+/);
-    return f[1] === local && f[3] === LISTEN;
-  });
+  return procNetTcp
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter((f) => f[1] === local)
+    .map((f) => f[3] ?? '');
+}
+
+/** Whether something listens on 127.0.0.1:`port`. */
+export function listensOn(procNetTcp: string, port: number): boolean {
+  return statesOn(procNetTcp, port).includes(LISTEN);
+}
+
+/**
+ * Whether a process holds 127.0.0.1:`port`: listening, or a connection accepted on it (QEMU's
+ * stream server stops listening once the other end is connected). TIME_WAIT belongs to no process.
+ */
+export function portHeld(procNetTcp: string, port: number): boolean {
+  return statesOn(procNetTcp, port).some((s) => s === LISTEN || s === ESTABLISHED);
 }
 
 /** Wait until 127.0.0.1:`port` listens, or `isAlive()` says the listener died, or `timeoutMs` passes. */

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { which } from '../../src/core/exec.js';
-import { listensOn } from '../../src/lab/segment.js';
+import { portHeld } from '../../src/lab/segment.js';
 import { isRunning } from '../../src/lab/tgtd.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu } from '../helpers/cli.js';
@@ -62,6 +62,15 @@ function portsOf(stderr: string): number[] {
 
 async function interrupt(sig: 'SIGINT' | 'SIGTERM' | 'SIGKILL', point: string): Promise<{ summary: string; files: string[]; pid: number }> {
   const paused = await startPaused(['lab', '--out', out, '--cache-dir', TEST_CACHE_DIR, '--timeout', '400'], point);
+  try {
+    return await interruptPaused(paused, sig);
+  } finally {
+    // A failed expectation before the signal must not leave the paused run (and its QEMUs) behind.
+    if (paused.child.exitCode === null && paused.child.signalCode === null) paused.child.kill('SIGKILL');
+  }
+}
+
+async function interruptPaused(paused: Awaited<ReturnType<typeof startPaused>>, sig: 'SIGINT' | 'SIGTERM' | 'SIGKILL'): Promise<{ summary: string; files: string[]; pid: number }> {
   const resources = await journalOf(TEST_CACHE_DIR, paused.pid);
   const files = resources.filter((r) => r.kind === 'path' && /\/lab\/(store|guest-lun2)\.img$/.test(r.path!)).map((r) => r.path!);
   expect(files, `the LUN backing files are in the run's journal: ${JSON.stringify(resources)}`).toHaveLength(2);
@@ -72,13 +81,13 @@ async function interrupt(sig: 'SIGINT' | 'SIGTERM' | 'SIGKILL', point: string): 
   const ports = portsOf(paused.stderr());
   expect(ports, `the portal and the segment ports are printed:\n${paused.stderr()}`).toHaveLength(2);
   const tcp = async () => readFile('/proc/net/tcp', 'utf8');
-  for (const p of ports) expect(listensOn(await tcp(), p), `127.0.0.1:${p} listens while paused`).toBe(true);
+  for (const p of ports) expect(portHeld(await tcp(), p), `127.0.0.1:${p} is held while paused`).toBe(true);
   paused.child.kill(sig);
   const r = await paused.child;
   for (let i = 0; i < 50 && ((await qemusFor(runDir)).length || tgtds.some(alive)); i++) await sleep(100);
   expect(await qemusFor(runDir)).toEqual([]);
   expect(tgtds.filter(alive)).toEqual([]);
-  for (const p of ports) expect(listensOn(await tcp(), p), `nothing listens on 127.0.0.1:${p}`).toBe(false);
+  for (const p of ports) expect(portHeld(await tcp(), p), `nothing holds 127.0.0.1:${p}`).toBe(false);
   const { ['.domu.lock']: lock, ...rest } = await identities(out);
   expect(rest).toEqual(before);
   if (sig === 'SIGKILL') {
