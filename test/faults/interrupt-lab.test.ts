@@ -53,11 +53,13 @@ async function childrenNamed(pid: number, comm: string): Promise<number[]> {
 
 const alive = (pid: number) => isRunning(pid);
 
-/** The ports the paused run listens on: tgtd's portal and the segment, from what it printed. */
-function portsOf(stderr: string): number[] {
-  const portal = /tgtd on 127\.0\.0\.1:(\d+)/.exec(stderr)?.[1];
-  const segment = /segment 127\.0\.0\.1:(\d+) listening/.exec(stderr)?.[1];
-  return [portal, segment].filter((x): x is string => x !== undefined).map(Number);
+/** The ports the paused run holds, from its processes' command lines: tgtd's portal, the QEMUs' segment. */
+async function portsOf(tgtd: number, qemus: readonly string[]): Promise<number[]> {
+  const cmdline = (await readFile(`/proc/${tgtd}/cmdline`, 'utf8')).split('\0').join(' ');
+  const portal = /--iscsi portal=127\.0\.0\.1:(\d+)/.exec(cmdline)?.[1];
+  const segment = [...new Set(qemus.map((q) => /stream,id=segment,server=(?:on|off),addr\.type=inet,addr\.host=127\.0\.0\.1,addr\.port=(\d+)/.exec(q)?.[1]))];
+  expect(segment, 'both QEMUs name the same segment port').toHaveLength(1);
+  return [portal, segment[0]].filter((x): x is string => x !== undefined).map(Number);
 }
 
 async function interrupt(sig: 'SIGINT' | 'SIGTERM' | 'SIGKILL', point: string): Promise<{ summary: string; files: string[]; pid: number }> {
@@ -75,11 +77,12 @@ async function interruptPaused(paused: Awaited<ReturnType<typeof startPaused>>, 
   const files = resources.filter((r) => r.kind === 'path' && /\/lab\/(store|guest-lun2)\.img$/.test(r.path!)).map((r) => r.path!);
   expect(files, `the LUN backing files are in the run's journal: ${JSON.stringify(resources)}`).toHaveLength(2);
   const runDir = join(files[0]!, '..', '..');
-  expect(await qemusFor(runDir), 'both dom0s run while paused').toHaveLength(2);
+  const qemus = await qemusFor(runDir);
+  expect(qemus, 'both dom0s run while paused').toHaveLength(2);
   const tgtds = await childrenNamed(paused.pid, 'tgtd');
   expect(tgtds, 'the run started one tgtd').toHaveLength(1);
-  const ports = portsOf(paused.stderr());
-  expect(ports, `the portal and the segment ports are printed:\n${paused.stderr()}`).toHaveLength(2);
+  const ports = await portsOf(tgtds[0]!, qemus);
+  expect(ports, 'the portal and the segment port').toHaveLength(2);
   const tcp = async () => readFile('/proc/net/tcp', 'utf8');
   for (const p of ports) expect(portHeld(await tcp(), p), `127.0.0.1:${p} is held while paused`).toBe(true);
   paused.child.kill(sig);
