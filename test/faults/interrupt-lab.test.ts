@@ -51,8 +51,6 @@ async function childrenNamed(pid: number, comm: string): Promise<number[]> {
   return found;
 }
 
-const alive = (pid: number) => isRunning(pid);
-
 /** The ports the paused run holds, from its processes' command lines: tgtd's portal, the QEMUs' segment. */
 async function portsOf(tgtd: number, qemus: readonly string[]): Promise<number[]> {
   const cmdline = (await readFile(`/proc/${tgtd}/cmdline`, 'utf8')).split('\0').join(' ');
@@ -87,9 +85,9 @@ async function interruptPaused(paused: Awaited<ReturnType<typeof startPaused>>, 
   for (const p of ports) expect(portHeld(await tcp(), p), `127.0.0.1:${p} is held while paused`).toBe(true);
   paused.child.kill(sig);
   const r = await paused.child;
-  for (let i = 0; i < 50 && ((await qemusFor(runDir)).length || tgtds.some(alive)); i++) await sleep(100);
+  for (let i = 0; i < 50 && ((await qemusFor(runDir)).length || tgtds.some(isRunning)); i++) await sleep(100);
   expect(await qemusFor(runDir)).toEqual([]);
-  expect(tgtds.filter(alive)).toEqual([]);
+  expect(tgtds.filter(isRunning)).toEqual([]);
   for (const p of ports) expect(portHeld(await tcp(), p), `nothing holds 127.0.0.1:${p}`).toBe(false);
   const { ['.domu.lock']: lock, ...rest } = await identities(out);
   expect(rest).toEqual(before);
