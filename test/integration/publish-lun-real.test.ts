@@ -149,10 +149,13 @@ describe.skipIf(!isRoot)('publish the image onto a LUN', () => {
 
   it('a mounted device is refused (EBUSY), left unchanged, nothing written to the store', async () => {
     const dev = await loopOver(await sparseFile(join(lab, 'lun-mounted.img'), IMAGE_SIZE));
-    await run(env, 'mke2fs', ['-q', '-t', 'ext4', '-F', dev]);
+    // Read-only, and no lazy inode-table or journal init: a read-write mount lets the kernel write
+    // the device on its own (ext4lazyinit, journal commits), and "left unchanged" compares its bytes.
+    // A read-only mount claims the device exclusively all the same.
+    await run(env, 'mke2fs', ['-q', '-t', 'ext4', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', dev]);
     const mnt = join(lab, 'mnt');
     await mkdir(mnt, { recursive: true });
-    await run(env, 'mount', [dev, mnt]);
+    await run(env, 'mount', ['-o', 'ro', dev, mnt]);
     mounts.push(mnt);
     const before = await sha256Of(dev);
     const err = await publish(input(dev), ctx).catch((e: unknown) => e);
