@@ -205,7 +205,7 @@ export function planLab(out: string, record: BuildRecord, timeoutS: number): Pla
 
   function inTurnStage(): PipelineStage {
     return {
-      name: 'test2 in turn',
+      name: `${h2.name} in turn`,
       title: `store.disk file: the guest powered off on ${h1.name}, the store handed to ${h2.name}, xl create ${configPath(h2)} there`,
       run: async (ctx) => {
         const g = guest();
