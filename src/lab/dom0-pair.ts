@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { StageContext } from '../core/context.js';
+import { netmaskPrefix } from '../model/network.js';
 import type { Description } from '../model/schema.js';
 import type { Dom0Params, Dom0Ssh } from '../xen/dom0-params.js';
 import { GUEST_LUN, lunByPath, STORE_LUN } from '../xen/lun.js';
@@ -29,9 +30,6 @@ export interface LabHostInfo {
   /** This host's generated domain config, relative to the store. */
   config: string;
 }
-
-/** The prefix length of a dotted netmask (schema-checked: ones then zeros). */
-export const prefixOf = (mask: string) => mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
 
 /** A locally administered MAC (02:…) from the host name, for hosts without hwaddr. */
 function derivedHostMac(name: string): string {
@@ -55,7 +53,7 @@ export function labDom0Params(desc: Description, hosts: readonly [LabHostInfo, L
   const links = [{ serial: `lun-${STORE_LUN}`, path: lunByPath(desc, STORE_LUN) }, ...(lun ? [{ serial: `lun-${GUEST_LUN}`, path: lunByPath(desc, GUEST_LUN) }] : [])];
   return {
     hostname: h.name,
-    bridge: { name: h.bridge, address: h.address, prefix: prefixOf(desc.network.netmask), nic: h.nic },
+    bridge: { name: h.bridge, address: h.address, prefix: netmaskPrefix(desc.network.netmask), nic: h.nic },
     diskLinks: links,
     store: { device: lunByPath(desc, STORE_LUN), path: h.storePath, mount: lun ? 'ro' : i === 0 ? 'rw' : 'off' },
     guestName: desc.guest.name,

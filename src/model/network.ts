@@ -126,3 +126,8 @@ export function networkFileText(n: GuestNetwork): string {
   }
   return `${lines.join('\n')}\n`;
 }
+
+/** The prefix length of a dotted netmask (schema-checked: ones then zeros), e.g. 255.255.0.0 → 16. */
+export function netmaskPrefix(mask: string): number {
+  return mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
+}

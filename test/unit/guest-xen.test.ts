@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { inputError } from '../helpers/errors.js';
 import { loadDescription, parseSetFlag } from '../../src/model/description.js';
-import { guestNetwork, networkApplets, networkFileText } from '../../src/model/network.js';
+import { guestNetwork, netmaskPrefix, networkApplets, networkFileText } from '../../src/model/network.js';
 import { xenType } from '../../src/model/schema.js';
 import { guestCmdline, guestExtra } from '../../src/xen/xencfg.js';
 
@@ -77,5 +77,14 @@ describe('the kernel command line', () => {
     expect(guestExtra('console=tty0 quiet')).toBe('console=tty0 quiet');
     const d = load('');
     expect(guestCmdline(d.guest.root, d.guest.extra)).toBe('root=/dev/xvda ro console=hvc0 selinux=0');
+  });
+});
+
+describe('the Dom0s netmask as a prefix (the nested dom0s bridge address)', () => {
+  it('counts the ones of a dotted netmask', () => {
+    expect(netmaskPrefix('255.255.0.0')).toBe(16);
+    expect(netmaskPrefix('255.255.255.0')).toBe(24);
+    expect(netmaskPrefix('255.255.255.252')).toBe(30);
+    expect(netmaskPrefix('0.0.0.0')).toBe(0);
   });
 });

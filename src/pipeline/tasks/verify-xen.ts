@@ -19,6 +19,7 @@ import { fetchKernelPackage } from '../../kernel/kernel.js';
 import { guestScriptFiles } from '../../stages/verify-xen-guest.js';
 import { liveMigrationProblem } from '../../xen/hypervisor.js';
 import { dom0ParamFiles } from '../../xen/dom0-params.js';
+import { netmaskPrefix } from '../../model/network.js';
 import { prepareXenHost, XenHost, type XenHostParts } from '../../xen/nested-xen.js';
 import type { Plan } from '../plan-types.js';
 import type { PipelineStage } from '../run.js';
@@ -32,9 +33,6 @@ interface XenRun {
   /** The nested hypervisor's virt_caps (xl info). */
   virtCaps: string[];
 }
-
-/** The prefix length of a dotted netmask (schema-checked: ones then zeros). */
-const prefixOf = (mask: string) => mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
 
 export function planVerifyXen(out: string, record: BuildRecord, timeoutS: number): Plan {
   const d = record.description;
@@ -57,7 +55,7 @@ export function planVerifyXen(out: string, record: BuildRecord, timeoutS: number
   // with a space, say, cannot be a dom0 parameter): refused here, before anything runs.
   const params = {
     hostname: host.name,
-    bridge: { name: host.bridge, address: host.address, prefix: prefixOf(d.network.netmask) },
+    bridge: { name: host.bridge, address: host.address, prefix: netmaskPrefix(d.network.netmask) },
     store: { device: '/dev/vda', path: storePath },
     guestName: d.guest.name,
     guestAddress: address?.split('/')[0],
