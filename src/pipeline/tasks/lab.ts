@@ -113,7 +113,6 @@ export function planLab(out: string, record: BuildRecord, timeoutS: number): Pla
         const backingFiles = [{ path: run.store.image }, ...(run.guestLun ? [{ path: run.guestLun }] : [])];
         ctx.progress('starting tgtd on 127.0.0.1');
         run.storage = await startStorageServer({ dir: dir(ctx), targetsConf: conf, backingFiles }, ctx);
-        ctx.cleanup.push('stop the lab tgtd', () => run.storage!.stop());
         for (const c of run.storage.changes) ctx.log.warn(`lab: ${c}`);
         const s = run.storage;
         return {
