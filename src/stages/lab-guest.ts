@@ -144,9 +144,7 @@ export class LabGuest extends XenVerification {
   async powerOff(): Promise<void> {
     const t0 = performance.now();
     this.ctx.progress(`poweroff in the guest on ${this.on.name}`);
-    await this.send('guest-poweroff');
-    const gone = await this.dom0(['N=0; while xl domid "$DOMU_GUEST" >/dev/null 2>&1 && [ $N -lt 60 ]; do sleep 1; N=$((N+1)); done; xl destroy "$DOMU_GUEST" >/dev/null 2>&1; echo "gone after $N s"']);
-    this.record(`powered off on ${this.on.name}`, true, lastLine(gone.out), t0);
+    this.record(`powered off on ${this.on.name}`, true, await this.powerOffAndWait(), t0);
   }
 
   /** The host side's checks of the guest's disk (lab/disk-check.ts), recorded like the others. */

@@ -258,11 +258,17 @@ export class XenVerification {
   async checkDisk(): Promise<void> {
     const t0 = performance.now();
     this.ctx.progress('poweroff; reading the file from the guest disk in dom0');
-    await this.send('guest-poweroff');
-    const gone = await this.dom0(['N=0; while xl domid "$DOMU_GUEST" >/dev/null 2>&1 && [ $N -lt 60 ]; do sleep 1; N=$((N+1)); done; xl destroy "$DOMU_GUEST" >/dev/null 2>&1; echo "gone after $N s"']);
+    const gone = await this.powerOffAndWait();
     const r = await this.dom0([`mkdir -p /mnt/domu-guest && mount -o loop "$DOMU_STORE/$DOMU_IMAGE" /mnt/domu-guest && { read -r F < /mnt/domu-guest${GUEST_FILE}; S=$?; echo "domu-file $F"; umount /mnt/domu-guest; [ $S = 0 ]; }`]);
     const text = /^domu-file (.*)$/m.exec(r.out)?.[1]?.trim() ?? '';
-    await this.must('file on the guest disk', r.status === 0 && text === this.written, `${lastLine(gone.out)}; the image holds ${GUEST_FILE} = ${text || `(nothing: ${lastLine(r.out)})`}`, t0);
+    await this.must('file on the guest disk', r.status === 0 && text === this.written, `${gone}; the image holds ${GUEST_FILE} = ${text || `(nothing: ${lastLine(r.out)})`}`, t0);
+  }
+
+  /** `poweroff` in the guest, then up to 60 s for its domain to go (destroyed after that); says how long it took. */
+  protected async powerOffAndWait(): Promise<string> {
+    await this.send('guest-poweroff');
+    const gone = await this.dom0(['N=0; while xl domid "$DOMU_GUEST" >/dev/null 2>&1 && [ $N -lt 60 ]; do sleep 1; N=$((N+1)); done; xl destroy "$DOMU_GUEST" >/dev/null 2>&1; echo "gone after $N s"']);
+    return lastLine(gone.out);
   }
 
   /** `xl info` as key → value. */
