@@ -32,24 +32,25 @@ export async function checkLabDisk(ctx: StageContext, disk: LabDisk, file: { pat
   const checks: LabDiskCheck['checks'] = [];
   let guestFs: string;
   let dumped: string | undefined;
+  let release = () => {};
   if ('lun' in disk) {
     guestFs = disk.lun;
   } else {
     const s = await fsck(ctx, disk.store);
     checks.push({ name: 'store file system', ...s });
     dumped = join(disk.dir, 'guest-disk-dump.img');
-    const release = ctx.cleanup.tempPath(dumped);
-    await run(ctx, 'debugfs', ['-R', `dump /${disk.image} ${dumped}`, disk.store], { timeoutMs: 300_000 });
+    release = ctx.cleanup.tempPath(dumped);
     guestFs = dumped;
-    void release;
   }
   try {
+    if (dumped && 'store' in disk) await run(ctx, 'debugfs', ['-R', `dump /${disk.image} ${dumped}`, disk.store], { timeoutMs: 300_000 });
     const g = await fsck(ctx, guestFs);
     checks.push({ name: 'guest disk clean', ...g });
     const text = await catFile(ctx, guestFs, file.path);
     checks.push({ name: 'last file on the guest disk', ok: text !== undefined && text === file.expect, detail: `${file.path} = ${text ?? '(missing)'}${text === file.expect ? '' : `, expected ${file.expect}`}` });
   } finally {
     if (dumped) await rm(dumped, { force: true });
+    release();
   }
   return { checks };
 }
