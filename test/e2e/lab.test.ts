@@ -6,10 +6,11 @@
 //                    holding the last file the guest wrote
 //   store.disk file  (the default) boots on each host in turn, the file from test1 read on test2
 // Both leave --out untouched and no QEMU or tgtd behind. Bad input is exit 2 before anything runs.
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { which } from '../../src/core/exec.js';
+import { portHeld } from '../../src/lab/segment.js';
 import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
 import { domu, domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
@@ -33,15 +34,14 @@ afterAll(async () => {
 const LAB_TIMEOUT = ['--timeout', '400'];
 const lab = (out: string) => domuJson(['lab', '--json', '--out', out, '--cache-dir', TEST_CACHE_DIR, ...LAB_TIMEOUT]);
 
-/** tgtd processes whose private socket lives under `dir` (TGT_IPC_SOCKET in their environment). */
-async function tgtdsUnder(path: string): Promise<number[]> {
-  const { readdir } = await import('node:fs/promises');
+/** tgtd processes serving `portal` (their command line names it: `--iscsi portal=127.0.0.1:<port>`). */
+async function tgtdsServing(portal: string): Promise<number[]> {
   const found: number[] = [];
   for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
     const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
     if (comm.trim() !== 'tgtd') continue;
-    const env = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
-    if (env.includes(path)) found.push(Number(pid));
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (cmdline.includes(`portal=${portal}`)) found.push(Number(pid));
   }
   return found;
 }
@@ -105,7 +105,10 @@ describe.skipIf(missing)('domu lab', () => {
       expect(checks.find((c) => c.name === 'address on test2')!.detail).toMatch(/^eth0: 172\.16\.31\.4\/16 /);
       expect(await identities(out)).toEqual(before);
       expect(await qemusFor(out)).toEqual([]);
-      expect(await tgtdsUnder(TEST_CACHE_DIR)).toEqual([]);
+      // The run's tgtd is gone and nothing holds its portal.
+      const portal = (stage(s, 'storage').outputs as { portal: string }).portal;
+      expect(await tgtdsServing(portal)).toEqual([]);
+      expect(portHeld(await readFile('/proc/net/tcp', 'utf8'), Number(portal.split(':')[1]))).toBe(false);
     },
     1_800_000,
   );
