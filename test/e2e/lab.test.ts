@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { which } from '../../src/core/exec.js';
 import { portHeld } from '../../src/lab/segment.js';
-import { TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
+import { getBusyboxTarball, TEST_CACHE_DIR } from '../helpers/busybox-tarball.js';
+import { getKernelPackage } from '../helpers/kernel-package.js';
 import { domu, domuJson, stage } from '../helpers/cli.js';
 import { tempDir } from '../helpers/context.js';
 import { qemusFor } from '../helpers/qemu-processes.js';
@@ -131,18 +132,24 @@ describe.skipIf(missing)('domu lab', () => {
   );
 
   it('refuses, exit 2 before anything runs: one host; a PV guest with store.disk lun; no build', async () => {
+    const [kernel, tarball] = await Promise.all([getKernelPackage(), getBusyboxTarball()]);
     const one = join(dir, 'one-host.yaml');
-    await writeFile(one, 'hosts:\n  - name: test1\n    address: 172.16.31.1\n');
+    await writeFile(one, `busybox:\n  version: 1.35.0\nkernel:\n  image: ${kernel.image}\nhosts:\n  - name: test1\n    address: 172.16.31.1\n    bridge: xenbr0\n    nic: eth0\n`);
     const out1 = join(dir, 'out-one');
-    const b = await domu(['build', '--config', one, '--cache-dir', TEST_CACHE_DIR, '--out', out1, '--until', 'xen configs']);
-    if (b.exitCode === 0) {
-      const r = await domu(['lab', '--out', out1, '--cache-dir', TEST_CACHE_DIR]);
-      expect(r.exitCode).toBe(2);
-      expect(r.stderr).toMatch(/the lab needs two Dom0s/);
-    }
+    const b = await domu(['build', '--config', one, '--cache-dir', TEST_CACHE_DIR, '--source', tarball, '--jobs', '2', '--out', out1]);
+    expect(b.exitCode, b.stderr).toBe(0);
+    const r = await domu(['lab', '--out', out1, '--cache-dir', TEST_CACHE_DIR]);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/the lab needs two Dom0s/);
+    const pv = await domu(['lab', '--out', await buildXenGuest(dir, 'out-pv-lun', ['store.disk=lun', 'xen.type=pv']), '--cache-dir', TEST_CACHE_DIR]);
+    expect(pv.exitCode).toBe(2);
+    expect(pv.stderr).toMatch(/a PV guest cannot live-migrate on Debian's Xen/);
     const none = await domu(['lab', '--out', join(dir, 'no-such-out'), '--cache-dir', TEST_CACHE_DIR]);
     expect(none.exitCode).toBe(2);
-    expect(none.stderr.trim().split('\n').filter((l) => /error/.test(l))).toHaveLength(1);
-    expect(none.stderr).not.toMatch(/\n\s+at /);
-  });
+    for (const x of [r, pv, none]) {
+      expect(x.stderr.trim().split('\n').filter((l) => /error/.test(l))).toHaveLength(1);
+      expect(x.stderr).not.toMatch(/\n\s+at /);
+    }
+    expect(await qemusFor(dir)).toEqual([]);
+  }, 600_000);
 });
